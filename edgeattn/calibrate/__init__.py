@@ -1,0 +1,1 @@
+"""Calibration: data sources, fidelity metrics, threshold and budget searches."""

@@ -1,0 +1,73 @@
+"""Entry point: `edgeattn COMMAND ...`. User errors print one line and exit 1."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from edgeattn import __version__
+from edgeattn.errors import EdgeAttnError
+
+# "module:attribute" of each command, in the order `--help` lists them. Commands are imported lazily
+# so `edgeattn --help` stays fast and no command pays for another's imports.
+COMMANDS: dict[str, str] = {
+    "demo": "edgeattn.cli.demo_cmd:demo",
+    "export": "edgeattn.cli.export_cmd:export",
+    "run": "edgeattn.cli.run_cmd:run",
+    "inspect": "edgeattn.cli.graph_cmds:inspect",
+    "rewrite": "edgeattn.cli.graph_cmds:rewrite",
+    "ops": "edgeattn.cli.graph_cmds:ops",
+}
+
+HELP = {
+    "demo": "Run the main job end to end on a built-in default model.",
+    "export": "Export MODEL to ONNX components and a manifest, validated against PyTorch.",
+    "run": "Run an exported folder with onnxruntime (generate, or embed).",
+    "inspect": "List the attention sites and edgeattn ops of an ONNX file.",
+    "rewrite": "Rewrite the attention sites of an ONNX file into edgeattn ops.",
+    "ops": "List the registered edgeattn ops and their attributes.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help without importing every command module.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, HELP.get(name, "")) for name in COMMANDS])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeattn")
+def cli() -> None:
+    """edgeattn: export, rewrite and run transformers with efficient attention at the edge."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="edgeattn", standalone_mode=False)
+    except EdgeAttnError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""torch -> ONNX: model sources, one module per family, dynamo capture, parity validation."""

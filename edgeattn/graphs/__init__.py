@@ -1,0 +1,1 @@
+"""ONNX in memory (onnx-ir): load/save, attention-site rules, rewrite pipeline, lowerings, reports."""

@@ -1,0 +1,1 @@
+"""onnxruntime sessions, generation loops and (optional) TensorRT engines."""
