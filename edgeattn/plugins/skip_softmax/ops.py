@@ -1,0 +1,214 @@
+"""Torch-facing calls of the skip-softmax kernels.
+
+CUDA tensors run the compiled kernels; CPU tensors run the same kernels in the Triton interpreter
+(slow: for tests at small sizes), which needs ``TRITON_INTERPRET=1`` set before triton is first
+imported (Triton fixes the mode of a whole process then). The result is a
+:class:`~.reference.SkipSoftmaxResult`, the same triple the reference returns, and the tile sizes
+mean the same thing: with equal ``block_m``/``block_n``/``num_splits`` the kernel skips exactly
+the tiles the reference skips (up to fp32-vs-fp64 rounding of scores that fall on the threshold).
+
+This module imports torch, triton and the standard library only (plus ``edgeattn.errors``), so
+``benchmarks/gpu_attention.py`` can load it on a machine where nothing else of edgeattn installs.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from ...errors import EdgeAttnError, RuntimeUnavailableError
+from ..triton_aot import is_interpreted, require_triton
+from .reference import SkipSoftmaxResult, _check_inputs, _ln_lambda, kv_tiles_per_split, visited_tiles
+
+__all__ = [
+    "DECODE_MAX_QUERY_ROWS",
+    "KernelConfig",
+    "auto_num_splits",
+    "default_config",
+    "kernel_block_m",
+    "skip_softmax_attention",
+]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DECODE_MAX_QUERY_ROWS = 16
+"""With ``num_splits=None``, calls with at most this many query rows are split over the KV length."""
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch settings that change speed, never results."""
+
+    num_warps: int
+    num_stages: int
+    skip_v_load: bool
+    """Load V only for processed tiles (saves bandwidth; stalls the software pipeline)."""
+
+
+def default_config(head_dim: int, block_m: int, block_n: int, *, split: bool, arch: int = 90) -> KernelConfig:
+    """Settings for an H100/H200-class GPU (``arch`` 90), kept inside the shared memory of sm_87/89.
+
+    Prefill (``split=False``) is compute-bound: 8 warps for 128-row tiles (two Hopper warpgroups),
+    3 stages (2 when a 128-wide head would overflow the 99 KB of sm_86/89), V prefetched with K.
+    Decode (split) is bandwidth-bound: 4 warps, V loaded only for processed tiles.
+    """
+    if split:
+        return KernelConfig(num_warps=4, num_stages=3 if arch >= 90 else 2, skip_v_load=True)
+    warps = 8 if block_m >= 128 else 4
+    tile_bytes = 2 * head_dim * (block_m + 2 * block_n)  # Q + one stage of K and V, 16-bit
+    stages = 3 if arch in (80, 87, 90) or tile_bytes * 2 <= 64 * 1024 else 2
+    return KernelConfig(num_warps=warps, num_stages=stages, skip_v_load=False)
+
+
+def kernel_block_m(q_len: int, block_m: int) -> int:
+    """Rows per kernel query tile: ``block_m``, or fewer when the whole query fits in one tile.
+
+    A single query tile holds the same rows whatever its padded height, so the skip decisions are
+    those of ``block_m``; decode (a few rows) then runs 16-row tiles instead of 128.
+    """
+    if q_len >= block_m:
+        return block_m
+    return min(block_m, max(16, 1 << max(q_len - 1, 0).bit_length()))
+
+
+def auto_num_splits(programs: int, kv_len: int, block_n: int, num_sms: int, *, min_tiles: int = 4) -> int:
+    """Splits over the KV length so that about two waves of programs fill ``num_sms`` SMs.
+
+    ``programs`` is the unsplit program count (query tiles x batch x heads); each split keeps at
+    least ``min_tiles`` key tiles. The count changes which tiles are skipped (each split restarts its
+    running max): pass an explicit ``num_splits`` wherever results must be reproducible.
+    """
+    n_tiles = -(-kv_len // block_n)
+    if programs >= num_sms:
+        return 1
+    wanted = -(-2 * num_sms // max(programs, 1))
+    return max(1, min(wanted, n_tiles // min_tiles))
+
+
+def _kernels(device: torch.device) -> ModuleType:
+    if device.type not in ("cuda", "cpu"):
+        raise EdgeAttnError(f"skip_softmax_attention runs on CUDA (or CPU in the interpreter); got {device}")
+    require_triton()
+    from . import kernel
+
+    if device.type == "cpu" and not is_interpreted(kernel.skip_softmax_attn_fwd):
+        raise RuntimeUnavailableError(
+            "CPU tensors run in the Triton interpreter, which must be chosen before triton is imported: "
+            "set TRITON_INTERPRET=1 in the environment, or move the tensors to a CUDA device"
+        )
+    return kernel
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, block_n: int) -> None:
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
+        raise EdgeAttnError(f"q, k, v must share one dtype of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise EdgeAttnError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    head_dim = q.shape[-1]
+    if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
+        raise EdgeAttnError(f"head size must be a power of two in [16, 256]; got {head_dim}")
+    for name, size in (("block_m", block_m), ("block_n", block_n)):
+        if size & (size - 1) or not 16 <= size <= 256:
+            raise EdgeAttnError(f"{name} must be a power of two in [16, 256] (tensor-core tiles); got {size}")
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def skip_softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+    scale_factor: float = 0.0,
+    block_m: int = 128,
+    block_n: int = 64,
+    num_splits: int | None = 1,
+    count_skips: bool = False,
+    out: torch.Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> SkipSoftmaxResult:
+    """BLASST skip-softmax attention with the Triton kernels (same semantics as the reference).
+
+    q ``[B, Hq, Lq, D]``, k/v ``[B, Hkv, Lkv, D]``; fp16/bf16 (fp32 accumulation) or fp32.
+    ``num_splits``: KV splits (flash-decoding); ``None`` picks one from the GPU size for calls with
+    at most :data:`DECODE_MAX_QUERY_ROWS` query rows (1 otherwise). ``out``: an optional
+    ``[B, Hq, Lq, D]`` tensor to write into. ``count_skips`` fills ``tiles_skipped``.
+    """
+    _check_inputs(q, k, v, block_m, block_n)
+    _check(q, k, v, block_m, block_n)
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    ln_lambda = _ln_lambda(scale_factor, kv_len)
+    sm_scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise EdgeAttnError(f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with a contiguous last dim")
+    if q_len == 0 or batch * q_heads == 0:
+        empty = torch.zeros(batch, q_heads, 0, dtype=torch.int64, device=q.device)
+        return SkipSoftmaxResult(out, empty if count_skips else None, empty)
+
+    bm = kernel_block_m(q_len, block_m)
+    n_q_tiles = -(-q_len // bm)
+    n_kv_tiles = -(-kv_len // block_n)
+    if num_splits is None:
+        num_splits = 1
+        if q_len <= DECODE_MAX_QUERY_ROWS and q.device.type == "cuda":
+            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+            num_splits = auto_num_splits(batch * q_heads * n_q_tiles, kv_len, block_n, sms)
+    per_split = kv_tiles_per_split(kv_len, block_n, num_splits)
+    splits = -(-n_kv_tiles // per_split)  # drop trailing empty splits
+    if config is None:
+        arch = 90
+        if q.device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(q.device)
+            arch = 10 * major + minor
+        config = default_config(head_dim, bm, block_n, split=splits > 1, arch=arch)
+
+    dev = q.device
+    dummy = torch.empty(1, dtype=torch.int32, device=dev)
+    counts = torch.zeros(batch * q_heads, splits, n_q_tiles, 2, dtype=torch.int32, device=dev) if count_skips else dummy
+    if splits == 1:
+        target, lse, o_strides = out, dummy, (out.stride(0), out.stride(1), 0, out.stride(2))
+    else:
+        target = torch.empty(batch, q_heads, splits, q_len, head_dim, dtype=torch.float32, device=dev)
+        lse = torch.empty(batch * q_heads, splits, q_len, dtype=torch.float32, device=dev)
+        o_strides = (target.stride(0), target.stride(1), target.stride(2), target.stride(3))
+
+    kernels = _kernels(dev)
+    use_skip = ln_lambda != -math.inf
+    with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
+        kernels.skip_softmax_attn_fwd[(n_q_tiles, batch * q_heads, splits)](
+            q, k, v,
+            sm_scale, math.log2(scale_factor) if use_skip else 0.0,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            *o_strides,
+            q_heads, q_heads // kv_heads, q_len, kv_len, per_split,
+            target, lse, counts,
+            HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
+            CAUSAL=bool(causal), USE_SKIP=use_skip, SKIP_V_LOAD=config.skip_v_load,
+            STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
+        if splits > 1:
+            kernels.skip_softmax_merge_splits[(q_len, batch * q_heads)](
+                target, lse, q_heads, q_len, splits, out.stride(0), out.stride(1), out.stride(2), out,
+                HEAD_DIM=head_dim, BLOCK_S=min(16, 1 << (splits - 1).bit_length()), num_warps=4,
+            )  # fmt: skip
+
+    if count_skips:
+        per_tile = counts.view(batch, q_heads, splits, n_q_tiles, 2).sum(2, dtype=torch.int64)
+        return SkipSoftmaxResult(out, per_tile[..., 0], per_tile[..., 1])
+    total = visited_tiles(q_len, kv_len, causal=causal, block_m=bm, block_n=block_n).to(dev)
+    return SkipSoftmaxResult(out, None, total.expand(batch, q_heads, n_q_tiles))
+

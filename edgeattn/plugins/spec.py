@@ -1,0 +1,171 @@
+"""What an edgeattn op is: its inputs, outputs, attributes, shape rule, reference and function body.
+
+Every op package (`edgeattn/plugins/<op>/`) builds one `OpSpec` and everything else reads it: the
+registry, the ONNX schema, the graph rewriter, the lowerings for onnxruntime and TensorRT, the CLI.
+Only the kinds of attribute the TensorRT plugin API accepts exist here (ints, floats, strings and 1-D
+arrays of ints or floats), so every op can be written as a TensorRT plugin node without conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+AttrKind = Literal["int", "float", "string", "ints", "floats"]
+OpKind = Literal["attention"]
+Target = Literal["ort", "trt"]
+
+DOMAIN = "edgeattn"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One attribute. `tunable` ones may come from a graph input instead (a budget, a threshold);
+    `from_site` ones are read from the matched attention site and cannot be set by a recipe."""
+
+    name: str
+    kind: AttrKind
+    default: Any
+    doc: str
+    tunable: bool = False
+    from_site: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def coerce(self, value: Any) -> Any:
+        """`value` as this attribute's Python type; ValueError with a sentence when it is not one."""
+        expected = {"int": int, "float": float, "string": str}.get(self.kind)
+        if expected is not None:
+            value = _coerce_scalar(self.name, value, expected)
+        else:
+            item = int if self.kind == "ints" else float
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"attribute '{self.name}' takes a list of {item.__name__}s, got {value!r}")
+            value = tuple(_coerce_scalar(self.name, v, item) for v in value)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"attribute '{self.name}' takes one of {list(self.choices)}, got {value!r}")
+        return value
+
+
+def _coerce_scalar(name: str, value: Any, expected: type) -> Any:
+    if isinstance(value, bool) and expected is not str:
+        return expected(value)
+    if expected is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, expected):
+        raise ValueError(f"attribute '{name}' takes a {expected.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """One input or output. An input with `tunable_for` carries that attribute's value at run time."""
+
+    name: str
+    doc: str
+    optional: bool = False
+    types: tuple[str, ...] = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)")
+    tunable_for: str | None = None
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """What the graph knows about one input of a node: absent, or its rank and element type."""
+
+    present: bool
+    rank: int | None = None
+    dtype: int | None = None  # an onnx.TensorProto data type, None when unknown
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """One node of an op, as a function-body builder sees it: resolved attributes and input facts."""
+
+    attributes: Mapping[str, Any]
+    inputs: tuple[InputFacts, ...]
+    opset: int  # the model's default-domain opset: the function body imports exactly this one
+
+
+# A shape is a list of dims: int (static), str (symbolic) or None (unknown).
+Shape = list[int | str | None]
+ShapeRule = Callable[[Sequence["Shape | None"], Mapping[str, Any]], list["Shape | None"]]
+FunctionKey = Callable[[CallFacts, Target], str]
+FunctionBuilder = Callable[[CallFacts, Target, str], "ir.Function"]
+TrtAdapter = Callable[["ir.Node"], None]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An op, declared once. `function_key` names the function body a node needs (one body per key,
+    for onnxruntime an overload of the op); `build_function` makes that body from standard ops;
+    `to_trt_form` rewrites a node in place (inserting nodes around it) into the fixed signature its
+    TensorRT plugin takes; `reference` is the PyTorch definition the others are tested against."""
+
+    name: str
+    doc: str
+    kind: OpKind
+    inputs: tuple[IOSpec, ...]
+    outputs: tuple[IOSpec, ...]
+    attributes: tuple[AttrSpec, ...]
+    infer_shapes: ShapeRule
+    reference: Callable[..., Any]
+    function_key: FunctionKey
+    build_function: FunctionBuilder
+    to_trt_form: TrtAdapter
+    domain: str = DOMAIN
+    version: int = VERSION
+    tags: tuple[str, ...] = field(default=())
+
+    def attribute(self, name: str) -> AttrSpec:
+        for attr in self.attributes:
+            if attr.name == name:
+                return attr
+        known = ", ".join(a.name for a in self.attributes)
+        raise KeyError(f"op {self.name} has no attribute '{name}' (it has: {known})")
+
+    def defaults(self) -> dict[str, Any]:
+        return {a.name: a.default for a in self.attributes}
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with `given`, each coerced to its declared kind."""
+        values = self.defaults()
+        for name, value in given.items():
+            values[name] = self.attribute(name).coerce(value)
+        return values
+
+    def tunable_input_index(self, attr_name: str) -> int:
+        for index, spec in enumerate(self.inputs):
+            if spec.tunable_for == attr_name:
+                return index
+        raise KeyError(f"op {self.name} has no input that carries '{attr_name}'")
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (what `edgeattn ops --json` prints)."""
+        return {
+            "name": self.name,
+            "domain": self.domain,
+            "version": self.version,
+            "kind": self.kind,
+            "doc": self.doc,
+            "inputs": [_io_dict(io) for io in self.inputs],
+            "outputs": [_io_dict(io) for io in self.outputs],
+            "attributes": [
+                {
+                    "name": a.name,
+                    "type": a.kind,
+                    "default": a.default,
+                    "tunable": a.tunable,
+                    "from_site": a.from_site,
+                    "choices": list(a.choices) if a.choices is not None else None,
+                    "doc": a.doc,
+                }
+                for a in self.attributes
+            ],
+        }
+
+
+def _io_dict(io: IOSpec) -> dict[str, Any]:
+    return {"name": io.name, "optional": io.optional, "doc": io.doc, "tunable_for": io.tunable_for}

@@ -1,0 +1,88 @@
+"""The command line through click's CliRunner: help, version, JSON, and one-line errors with exit 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeattn import __version__
+from edgeattn.cli.main import cli, main
+
+
+def invoke(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the real entry point (which maps user errors to exit 1) and capture its output."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+def test_help_and_version():
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("export", "run", "demo", "inspect", "rewrite", "ops"):
+        assert command in result.output
+    assert __version__ in runner.invoke(cli, ["--version"]).output
+    assert "--no-validate" in runner.invoke(cli, ["export", "--help"]).output
+
+
+def test_export_and_run_json(tmp_path, capsys):
+    out = tmp_path / "llama"
+    code, stdout, _ = invoke(["export", "demo:tiny-llama", "--out", str(out), "--json"], capsys)
+    assert code == 0
+    manifest = json.loads(stdout)
+    assert manifest["out"] == str(out) and set(manifest["components"]) == {"embed", "decoder"}
+    code, stdout, _ = invoke(["run", str(out), "--prompt", "Hi", "--max-new-tokens", "3", "--json"], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert len(result["tokens"]) == 3 and result["ttft_ms"] > 0 and isinstance(result["text"], str)
+
+
+def write_folder(path, config: dict | None, files: tuple[str, ...] = ()) -> str:
+    path.mkdir()
+    if config is not None:
+        (path / "config.json").write_text(json.dumps(config))
+    for name in files:
+        (path / name).write_bytes(b"\0")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t: ["export", str(t / "missing"), "--out", str(t / "o")], "does not exist"),
+        (lambda t: ["export", "demo:huge", "--out", str(t / "o")], "unknown demo model 'demo:huge'; built-in demos are"),
+        (lambda t: ["export", "zoo:gpt5", "--out", str(t / "o")], "unknown zoo model"),
+        (lambda t: ["export", write_folder(t / "m", None), "--out", str(t / "o")], "has no config.json"),
+        (
+            lambda t: ["export", write_folder(t / "m", {"model_type": "gpt2"}, ("model.safetensors",)), "--out", str(t / "o")],
+            "unsupported architecture 'gpt2'; supported families are decoder: llama",
+        ),
+        (
+            lambda t: ["export", write_folder(t / "m", {"model_type": "llama"}, ("pytorch_model.bin",)), "--out", str(t / "o")],
+            "only pickled weights (pytorch_model.bin)",
+        ),
+        (lambda t: ["run", str(t / "nothing")], "is not a folder"),
+        (lambda t: ["run", write_folder(t / "m", None)], "has no manifest.json"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(tmp_path, capsys, make_args, message):
+    code, stdout, stderr = invoke(make_args(tmp_path), capsys)
+    assert code == 1
+    assert message in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_folder_is_refused_without_force(tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    code, _, stderr = invoke(["export", "demo:tiny-vit", "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "already exists; pass --force" in stderr
+
+
+def test_bad_opset_is_a_usage_error(tmp_path, capsys):
+    code, _, stderr = invoke(["export", "demo:tiny-vit", "--out", str(tmp_path / "o"), "--opset", "12"], capsys)
+    assert code == 2 and "12 is not in the range 17<=x<=23" in stderr
