@@ -27,3 +27,9 @@ def exported(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+# Triton fixes at its first import whether kernels are compiled or interpreted. The kernel tests run
+# on CPU tensors in the interpreter, so it is chosen here, before any test module imports triton;
+# ahead-of-time compilation (tests/test_triton_aot.py) runs in a subprocess without it.
+os.environ["TRITON_INTERPRET"] = "1"

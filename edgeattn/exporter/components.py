@@ -39,7 +39,8 @@ def components_for(loaded: LoadedModel) -> list[Component]:
 
 def _decoder_family(loaded: LoadedModel) -> list[Component]:
     model = loaded.model
-    return [embed_component(model.get_input_embeddings(), model.config), decoder_component(model.model, model.lm_head, model.config)]
+    embed = model.get_input_embeddings()
+    return [embed_component(embed, model.config), decoder_component(model.model, model.lm_head, embed, model.config)]
 
 
 def _encoder_family(loaded: LoadedModel) -> list[Component]:
@@ -63,7 +64,7 @@ def _vlm_family(loaded: LoadedModel) -> list[Component]:
     return [
         vision_component(vision, int(cfg.vision_config.image_size)),
         embed_component(model.get_input_embeddings(), text_cfg),
-        decoder_component(model.model.language_model, model.lm_head, text_cfg),
+        decoder_component(model.model.language_model, model.lm_head, model.get_input_embeddings(), text_cfg),
     ]
 
 
@@ -98,20 +99,32 @@ def decoder_geometry(config: Any) -> dict[str, int]:
     }
 
 
-def decoder_component(language_model: torch.nn.Module, lm_head: torch.nn.Module, config: Any) -> Component:
+def decoder_component(
+    language_model: torch.nn.Module, lm_head: torch.nn.Module, embed_tokens: torch.nn.Module, config: Any
+) -> Component:
+    """The decoder step. Test inputs are what a model really sees: embeddings of random token ids, and
+    a past K/V made by running the model itself on a random prefix (random normals in their place put
+    activations far outside the trained range)."""
     geo = decoder_geometry(config)
     layers, kv_heads, head_size = geo["num_layers"], geo["num_kv_heads"], geo["head_size"]
     past = wrappers.past_names(layers)
+    module = wrappers.DecoderWrapper(language_model, lm_head, config)
 
     def make(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
         b, s, p = case["batch"], case["seq"], case["past"]
+        ids = torch.randint(0, geo["vocab_size"], (b, p + s), generator=gen)
+        with torch.no_grad():
+            embeds = embed_tokens(ids)
+            prefix = tuple(torch.zeros(b, kv_heads, 0, head_size) for _ in past)
+            if p > 0:
+                mask, positions = torch.ones(b, p, dtype=torch.int64), torch.arange(p).expand(b, p)
+                prefix = module(embeds[:, :p], mask, positions, *prefix)[1:]
         feeds = {
-            "inputs_embeds": torch.randn(b, s, geo["hidden_size"], generator=gen),
+            "inputs_embeds": embeds[:, p:].contiguous(),
             "attention_mask": torch.ones(b, p + s, dtype=torch.int64),
             "position_ids": torch.arange(p, p + s, dtype=torch.int64).expand(b, s).contiguous(),
         }
-        for name in past:
-            feeds[name] = torch.randn(b, kv_heads, p, head_size, generator=gen)
+        feeds.update({name: tensor.contiguous() for name, tensor in zip(past, prefix)})
         return feeds
 
     dynamic = {
@@ -122,7 +135,7 @@ def decoder_component(language_model: torch.nn.Module, lm_head: torch.nn.Module,
     }
     return Component(
         name="decoder",
-        module=wrappers.DecoderWrapper(language_model, lm_head, config),
+        module=module,
         input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
         output_names=["logits", *wrappers.present_names(layers)],
         dynamic=dynamic,

@@ -108,7 +108,11 @@ def _load_smollm2(name: str, gguf_path: Path) -> LoadedModel:
     folder, filename = gguf_path.parent, gguf_path.name
     config = transformers.AutoConfig.from_pretrained(folder, gguf_file=filename, local_files_only=True)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    transformers.utils.logging.disable_progress_bar()  # the dequantising bar would garble --json output
+    try:
+        tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    finally:
+        transformers.utils.logging.enable_progress_bar()
     _load_exactly(model, tensors, gguf_path.name)
     model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)

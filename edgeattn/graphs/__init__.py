@@ -1,1 +1,33 @@
-"""ONNX in memory (onnx-ir): load/save, attention-site rules, rewrite pipeline, lowerings, reports."""
+"""ONNX in memory (onnx-ir): load/save, attention-site rules, the rewrite pipeline, lowerings, reports.
+
+    from edgeattn.graphs import find_sites, load, rewrite, save
+
+    model = load("decoder.onnx")
+    print(find_sites(model).to_json())
+    model, report = rewrite(model, recipe=None, target="ort", component="decoder")
+    save(model, "out/decoder.onnx")
+"""
+
+from __future__ import annotations
+
+from edgeattn.graphs.detect import find_sites
+from edgeattn.graphs.io import as_model, load, save
+from edgeattn.graphs.lower import lower
+from edgeattn.graphs.pipeline import rewrite, rewrite_file
+from edgeattn.graphs.recipe import Recipe
+from edgeattn.graphs.report import RewriteReport, Site, SiteReport, Unmatched
+
+__all__ = [
+    "Recipe",
+    "RewriteReport",
+    "Site",
+    "SiteReport",
+    "Unmatched",
+    "as_model",
+    "find_sites",
+    "load",
+    "lower",
+    "rewrite",
+    "rewrite_file",
+    "save",
+]

@@ -33,29 +33,6 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _load_rows(ptrs, rows, n_rows, MASKED: tl.constexpr):
-    # Rows at or past n_rows (the key tail) read as 0; their scores are masked to -inf anyway.
-    if MASKED:
-        return tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-    else:
-        return tl.load(ptrs)
-
-
-@triton.jit
-def _online_softmax_update(acc, l_i, m_i, qk, m_tile, v):
-    # qk and m are in log2 units (scores * sm_scale * log2 e). Rows without any valid key so far
-    # keep m = -inf; exponents use 0 in its place so that exp2(-inf - (-inf)) never makes NaN.
-    m_new = tl.maximum(m_i, m_tile)
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_use[:, None])
-    alpha = tl.math.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, l_i, m_new
-
-
-@triton.jit
 def _attend_key_tiles(
     acc, l_i, m_i, n_skip,
     q, k_base, v_base, stride_kn, stride_vn,
@@ -63,37 +40,63 @@ def _attend_key_tiles(
     kv_len, qk_scale, log2_lambda,
     tile_lo, tile_hi, first_tile,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    USE_SKIP: tl.constexpr, SKIP_V_LOAD: tl.constexpr,
+    USE_SKIP: tl.constexpr, SKIP_V_LOAD: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
+    # Scores and maxima are in log2 units (scores * sm_scale * log2 e), so exp2 does the softmax.
     for j in range(tile_lo, tile_hi):
         cols = j * BLOCK_N + offs_n
-        k = _load_rows(k_base + cols[:, None] * stride_kn + offs_d[None, :], cols, kv_len, MASKED)
+        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
         v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]
+        # Keys at or past kv_len (tail tile) read as 0; their scores are masked to -inf below.
+        if MASKED:
+            k = tl.load(k_ptrs, mask=cols[:, None] < kv_len, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
         if not SKIP_V_LOAD:
-            v = _load_rows(v_ptrs, cols, kv_len, MASKED)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
+            if MASKED:
+                v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
+            else:
+                v = tl.load(v_ptrs)
+        if UPCAST_DOT:
+            qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        qk = qk * qk_scale
         if MASKED:
             valid = cols[None, :] < kv_len
             if CAUSAL:
                 valid = valid & (cols[None, :] <= row_pos[:, None])
             qk = tl.where(valid, qk, float("-inf"))
         m_tile = tl.max(qk, 1)
+        process = True
         if USE_SKIP:
-            # A row agrees to skip when the tile cannot raise its softmax mass above lambda:
-            # m~ - m < log2(lambda) (log2 units). Rows without a valid key here, and padding rows
-            # past q_len, always agree. The first tile of the split is never skipped.
+            # A row agrees to skip when the tile cannot carry softmax mass above lambda relative
+            # to its running max: m~ - m < log2(lambda). Rows without a valid key in the tile, and
+            # padding rows past q_len, always agree. The split's first tile is never skipped.
             agree = (m_tile < m_i + log2_lambda) | (m_tile == float("-inf")) | row_pad
-            n_disagree = tl.sum(tl.where(agree, 0, 1), 0)
-            if (n_disagree > 0) | (j == first_tile):
-                if SKIP_V_LOAD:
-                    v = _load_rows(v_ptrs, cols, kv_len, MASKED)
-                acc, l_i, m_i = _online_softmax_update(acc, l_i, m_i, qk, m_tile, v)
-            else:
-                n_skip += 1
-        else:
+            process = (tl.sum(tl.where(agree, 0, 1), 0) > 0) | (j == first_tile)
+        if process:
             if SKIP_V_LOAD:
-                v = _load_rows(v_ptrs, cols, kv_len, MASKED)
-            acc, l_i, m_i = _online_softmax_update(acc, l_i, m_i, qk, m_tile, v)
+                if MASKED:
+                    v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
+                else:
+                    v = tl.load(v_ptrs)
+            # Online softmax. A row with no valid key yet keeps m = -inf; the exponents use 0 in
+            # its place so that exp2(-inf - (-inf)) never makes NaN.
+            m_new = tl.maximum(m_i, m_tile)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            p = p.to(v.dtype)  # P @ V on tensor cores in the input precision, fp32 accumulation
+            if UPCAST_DOT:
+                acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(p, v, acc)
+            m_i = m_new
+        else:
+            n_skip += 1
     return acc, l_i, m_i, n_skip
 
 
@@ -109,7 +112,7 @@ def skip_softmax_attn_fwd(
     Out, Lse, Counts,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, USE_SKIP: tl.constexpr, SKIP_V_LOAD: tl.constexpr,
-    STORE_LSE: tl.constexpr, COUNT_SKIPS: tl.constexpr,
+    STORE_LSE: tl.constexpr, COUNT_SKIPS: tl.constexpr, UPCAST_DOT: tl.constexpr = False,
 ):  # fmt: skip
     """Grid ``(cdiv(q_len, BLOCK_M), B * num_q_heads, n_splits)``.
 
@@ -118,6 +121,8 @@ def skip_softmax_attn_fwd(
     ``n_splits == 1``; otherwise fp32 partials ``[B, Hq, n_splits, q_len, HEAD_DIM]`` (split stride
     ``stride_os``). Lse (natural log, fp32) ``[B * Hq, n_splits, q_len]``; Counts (int32)
     ``[B * Hq, n_splits, n_query_tiles, 2]`` = (tiles skipped, tiles visited).
+    ``UPCAST_DOT`` multiplies in fp32 (exact for 16-bit products): only for the Triton 3.9
+    interpreter, whose dot cannot take bf16.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -166,12 +171,12 @@ def skip_softmax_attn_fwd(
     acc, l_i, m_i, n_skip = _attend_key_tiles(
         acc, l_i, m_i, n_skip, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, row_pos, row_pad,
         kv_len, qk_scale, log2_lambda, tile_lo, mid, tile_lo,
-        BLOCK_N, False, CAUSAL, USE_SKIP, SKIP_V_LOAD,
+        BLOCK_N, False, CAUSAL, USE_SKIP, SKIP_V_LOAD, UPCAST_DOT,
     )  # fmt: skip
     acc, l_i, m_i, n_skip = _attend_key_tiles(
         acc, l_i, m_i, n_skip, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, row_pos, row_pad,
         kv_len, qk_scale, log2_lambda, mid, tile_hi, tile_lo,
-        BLOCK_N, True, CAUSAL, USE_SKIP, SKIP_V_LOAD,
+        BLOCK_N, True, CAUSAL, USE_SKIP, SKIP_V_LOAD, UPCAST_DOT,
     )  # fmt: skip
 
     # Rows that processed no key (fully masked, or an empty split) write 0 and lse = -inf.
@@ -196,34 +201,36 @@ def skip_softmax_merge_splits(
     num_q_heads, q_len, num_splits,
     stride_ob, stride_oh, stride_om,
     Out,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(q_len, B * num_q_heads)``: log-sum-exp merge of the per-split partials.
+    """Grid ``(cdiv(q_len, BLOCK_R), B * num_q_heads)``: log-sum-exp merge of the split partials.
 
     Partial fp32 ``[B * Hq, num_splits, q_len, HEAD_DIM]`` (each split's normalised output),
     PartialLse fp32 ``[B * Hq, num_splits, q_len]``; split ``s`` is weighted by
     ``exp(lse_s - max lse)``; empty splits (lse = -inf) weigh 0, a row with none left writes 0.
     """
-    row = tl.program_id(0)
+    pid_r = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
-    m = tl.full([], float("-inf"), tl.float32)
-    den = tl.zeros([], tl.float32)
-    acc = tl.zeros([HEAD_DIM], tl.float32)
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for s0 in range(0, num_splits, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
-        in_range = offs_s < num_splits
-        flat = (pid_bh.to(tl.int64) * num_splits + offs_s) * q_len + row
-        lse = tl.load(PartialLse + flat, mask=in_range, other=float("-inf"))
-        o = tl.load(Partial + flat[:, None] * HEAD_DIM + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        ok = (offs_s[:, None] < num_splits) & (rows[None, :] < q_len)  # [BLOCK_S, BLOCK_R]
+        flat = (pid_bh.to(tl.int64) * num_splits + offs_s[:, None]) * q_len + rows[None, :]
+        lse = tl.load(PartialLse + flat, mask=ok, other=float("-inf"))
+        o = tl.load(Partial + flat[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None], other=0.0)
         m_new = tl.maximum(m, tl.max(lse, 0))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        w = tl.exp(lse - m_use)
+        w = tl.exp(lse - m_use[None, :])
         alpha = tl.exp(m - m_use)
         den = den * alpha + tl.sum(w, 0)
-        acc = acc * alpha + tl.sum(w[:, None] * o, 0)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, 0)
         m = m_new
-    out = acc / tl.where(den == 0.0, 1.0, den)
+    out = acc / tl.where(den == 0.0, 1.0, den)[:, None]
     off_b = (pid_bh // num_q_heads).to(tl.int64)
     off_h = (pid_bh % num_q_heads).to(tl.int64)
-    tl.store(Out + off_b * stride_ob + off_h * stride_oh + row.to(tl.int64) * stride_om + offs_d, out.to(Out.dtype.element_ty))
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + rows[:, None].to(tl.int64) * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=rows[:, None] < q_len)

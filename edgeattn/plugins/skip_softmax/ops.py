@@ -15,77 +15,18 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
 from ...errors import EdgeAttnError, RuntimeUnavailableError
 from ..triton_aot import is_interpreted, require_triton
+from .config import DECODE_MAX_QUERY_ROWS, KernelConfig, auto_num_splits, default_config, kernel_block_m
 from .reference import SkipSoftmaxResult, _check_inputs, _ln_lambda, kv_tiles_per_split, visited_tiles
 
-__all__ = [
-    "DECODE_MAX_QUERY_ROWS",
-    "KernelConfig",
-    "auto_num_splits",
-    "default_config",
-    "kernel_block_m",
-    "skip_softmax_attention",
-]
+__all__ = ["KernelConfig", "skip_softmax_attention"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-DECODE_MAX_QUERY_ROWS = 16
-"""With ``num_splits=None``, calls with at most this many query rows are split over the KV length."""
-
-
-@dataclass(frozen=True)
-class KernelConfig:
-    """Launch settings that change speed, never results."""
-
-    num_warps: int
-    num_stages: int
-    skip_v_load: bool
-    """Load V only for processed tiles (saves bandwidth; stalls the software pipeline)."""
-
-
-def default_config(head_dim: int, block_m: int, block_n: int, *, split: bool, arch: int = 90) -> KernelConfig:
-    """Settings for an H100/H200-class GPU (``arch`` 90), kept inside the shared memory of sm_87/89.
-
-    Prefill (``split=False``) is compute-bound: 8 warps for 128-row tiles (two Hopper warpgroups),
-    3 stages (2 when a 128-wide head would overflow the 99 KB of sm_86/89), V prefetched with K.
-    Decode (split) is bandwidth-bound: 4 warps, V loaded only for processed tiles.
-    """
-    if split:
-        return KernelConfig(num_warps=4, num_stages=3 if arch >= 90 else 2, skip_v_load=True)
-    warps = 8 if block_m >= 128 else 4
-    tile_bytes = 2 * head_dim * (block_m + 2 * block_n)  # Q + one stage of K and V, 16-bit
-    stages = 3 if arch in (80, 87, 90) or tile_bytes * 2 <= 64 * 1024 else 2
-    return KernelConfig(num_warps=warps, num_stages=stages, skip_v_load=False)
-
-
-def kernel_block_m(q_len: int, block_m: int) -> int:
-    """Rows per kernel query tile: ``block_m``, or fewer when the whole query fits in one tile.
-
-    A single query tile holds the same rows whatever its padded height, so the skip decisions are
-    those of ``block_m``; decode (a few rows) then runs 16-row tiles instead of 128.
-    """
-    if q_len >= block_m:
-        return block_m
-    return min(block_m, max(16, 1 << max(q_len - 1, 0).bit_length()))
-
-
-def auto_num_splits(programs: int, kv_len: int, block_n: int, num_sms: int, *, min_tiles: int = 4) -> int:
-    """Splits over the KV length so that about two waves of programs fill ``num_sms`` SMs.
-
-    ``programs`` is the unsplit program count (query tiles x batch x heads); each split keeps at
-    least ``min_tiles`` key tiles. The count changes which tiles are skipped (each split restarts its
-    running max): pass an explicit ``num_splits`` wherever results must be reproducible.
-    """
-    n_tiles = -(-kv_len // block_n)
-    if programs >= num_sms:
-        return 1
-    wanted = -(-2 * num_sms // max(programs, 1))
-    return max(1, min(wanted, n_tiles // min_tiles))
 
 
 def _kernels(device: torch.device) -> ModuleType:
@@ -198,12 +139,14 @@ def skip_softmax_attention(
             HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
             CAUSAL=bool(causal), USE_SKIP=use_skip, SKIP_V_LOAD=config.skip_v_load,
             STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
+            UPCAST_DOT=q.dtype == torch.bfloat16 and is_interpreted(kernels.skip_softmax_attn_fwd),
             num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
         if splits > 1:
-            kernels.skip_softmax_merge_splits[(q_len, batch * q_heads)](
+            rows = min(16, 1 << (q_len - 1).bit_length())
+            kernels.skip_softmax_merge_splits[(-(-q_len // rows), batch * q_heads)](
                 target, lse, q_heads, q_len, splits, out.stride(0), out.stride(1), out.stride(2), out,
-                HEAD_DIM=head_dim, BLOCK_S=min(16, 1 << (splits - 1).bit_length()), num_warps=4,
+                HEAD_DIM=head_dim, BLOCK_R=rows, BLOCK_S=min(8, 1 << (splits - 1).bit_length()), num_warps=4,
             )  # fmt: skip
 
     if count_skips:

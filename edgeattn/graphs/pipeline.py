@@ -1,0 +1,114 @@
+"""The rewrite pipeline: find sites -> choose ops (recipe) -> rewrite -> assign ops -> lower for a target.
+
+    model, report = rewrite("decoder.onnx", recipe="recipe.toml", target="ort", component="decoder")
+    save(model, "out/decoder.onnx")
+
+Works on an onnx-ir model in memory (changed in place and returned), a ModelProto or a path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+import onnx_ir as ir
+
+from edgeattn.errors import GraphError
+from edgeattn.graphs.apply import apply_match
+from edgeattn.graphs.assign import assign_op
+from edgeattn.graphs.detect import detect
+from edgeattn.graphs.io import MIN_IR_VERSION, ModelLike, as_model, save
+from edgeattn.graphs.lower import TARGETS, Target, lower
+from edgeattn.graphs.recipe import KEEP, Recipe
+from edgeattn.graphs.report import Rewritten, RewriteReport
+from edgeattn.graphs.shapes import ensure_shapes
+from edgeattn.plugins.registry import Registry, default_registry
+
+MIN_OPSET = 13
+RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike | None
+
+
+def as_recipe(recipe: RecipeLike, registry: Registry) -> Recipe:
+    if recipe is None:
+        return Recipe()
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Mapping):
+        return Recipe.parse(recipe, registry)
+    return Recipe.load(recipe, registry)
+
+
+def rewrite(
+    model: ModelLike,
+    recipe: RecipeLike = None,
+    target: Target = "ort",
+    *,
+    component: str | None = None,
+    registry: Registry | None = None,
+) -> tuple[ir.Model, RewriteReport]:
+    """Rewrite every attention site of `model` into edgeattn ops; returns the model and what was done."""
+    started = time.perf_counter()
+    if target not in TARGETS:
+        raise GraphError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    registry = registry or default_registry()
+    recipe = as_recipe(recipe, registry)
+    model = as_model(model)
+    _check_opset(model)
+    ensure_shapes(model)
+    detection = detect(model, component)
+    assignments = recipe.assign(detection.report.sites, component)
+    rewritten, kept = [], []
+    for site in detection.report.sites:
+        chosen = assignments[site.name]
+        if site.name in detection.existing:
+            node = detection.existing[site.name]
+            if chosen.entry is not None and assign_op(model.graph, node, chosen, registry):
+                rewritten.append(Rewritten(site.name, site.layer, site.dialect, site.rule, node.op_type, node.name))
+            continue
+        if chosen.op == KEEP:
+            kept.append(site.name)
+            continue
+        node = apply_match(model, detection.matches[site.name], site)
+        assign_op(model.graph, node, chosen, registry)
+        rewritten.append(Rewritten(site.name, site.layer, site.dialect, site.rule, node.op_type, node.name or ""))
+    lower(model, target, registry)
+    _declare_used_domains(model)
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    refused = tuple(item for item in detection.report.unmatched if item.attention)
+    report = RewriteReport(tuple(rewritten), tuple(kept), refused, target, component, time.perf_counter() - started)
+    return model, report
+
+
+def rewrite_file(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    recipe: RecipeLike = None,
+    target: Target = "ort",
+    *,
+    component: str | None = None,
+    external_data: bool | None = None,
+    registry: Registry | None = None,
+) -> RewriteReport:
+    """Read, rewrite and atomically write one ONNX file; the component defaults to the file's stem."""
+    component = component if component is not None else os.path.splitext(os.path.basename(source))[0]
+    model, report = rewrite(source, recipe, target, component=component, registry=registry)
+    path = save(model, destination, external_data=external_data)
+    return RewriteReport(report.rewritten, report.kept, report.refused, report.target, report.component,
+                         report.seconds, str(path))
+
+
+def _check_opset(model: ir.Model) -> None:
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None or opset < MIN_OPSET:
+        raise GraphError(f"the model imports ONNX opset {opset}; edgeattn rewrites opset {MIN_OPSET} and later; "
+                         "convert it with onnx.version_converter.convert_version(model, 17)")
+
+
+def _declare_used_domains(model: ir.Model) -> None:
+    """Import every domain a node uses (onnxruntime's optimizer writes com.microsoft nodes without one,
+    which the ONNX checker rejects)."""
+    for graph in model.graphs():
+        for node in graph:
+            if node.domain not in ("", "ai.onnx"):
+                model.opset_imports.setdefault(node.domain, 1)

@@ -1,0 +1,14 @@
+"""The attention rules, in the order they are tried on each node."""
+
+from __future__ import annotations
+
+from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts
+from edgeattn.graphs.rules.decomposed import DecomposedAttention
+from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention, OnnxAttention
+
+
+def attention_rules() -> tuple[AttentionRule, ...]:
+    return (OnnxAttention(), MsAttention(), MsMultiHeadAttention(), DecomposedAttention())
+
+
+__all__ = ["AttentionRule", "Plan", "Refusal", "SiteFacts", "attention_rules"]

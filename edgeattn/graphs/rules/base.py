@@ -1,0 +1,110 @@
+"""What every attention rule shares: the plan a match becomes, and the rule base class.
+
+A rule is an onnxscript pattern rule whose `check` and `rewrite` both call one pure function,
+`plan(**bindings) -> Plan`, which either raises `Refusal(reason)` or says how to build the
+`edgeattn.Attention` node (its inputs, attributes, and what the report shows). Nothing is kept between
+`check` and `rewrite`: the rewrite recomputes the plan from the same bindings.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern as orp
+from onnxscript.rewriter._basics import MatchFailureError
+
+Builder = Any  # the onnxscript rewriter's op builder (RewriterContext)
+InputsBuilder = Callable[[Builder], list["ir.Value | None"]]
+OutputFinisher = Callable[[Builder, ir.Value], ir.Value]
+
+EDGEATTN = "edgeattn"
+
+
+class Refusal(MatchFailureError):
+    """A rule saw attention but cannot rewrite it; the message is the reason shown to the user."""
+
+    def __init__(self, reason: str, *sources: ir.Node | ir.Value) -> None:
+        super().__init__(reason, *[s for s in sources if s is not None])
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """What `inspect` reports about one site."""
+
+    anchor: ir.Node  # the node that names the site: the Softmax, or the fused attention node
+    dialect: str
+    layout: str  # "bhsd" (4-D), "bs(hd)" (3-D, heads packed in the last axis), "(bh)sd" (3-D, heads in batch)
+    num_heads: int | None
+    kv_num_heads: int | None
+    head_size: int | None
+    mask: str  # "none", "bool" or "additive"
+    causal: int
+    scale: float | None  # None: 1/sqrt(head size) at run time
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    facts: SiteFacts
+    attributes: dict[str, Any]
+    build_inputs: InputsBuilder  # emits any nodes the inputs need; returns [Q, K, V, mask or None]
+    rank: int  # rank of the op's Q, K, V (3 or 4)
+    dtype: ir.DataType | None  # element type of Q, K, V
+    finish: OutputFinisher | None = None  # maps the op's output back to the site's output
+
+
+class AttentionRule(orp.RewriteRuleClassBase):
+    """Pattern + plan. Subclasses define `pattern` and `plan`; this class does check and rewrite."""
+
+    dialect = "attention"
+
+    def __init__(self) -> None:
+        super().__init__(name=type(self).__name__)
+
+    @abc.abstractmethod
+    def plan(self, **bindings: Any) -> Plan:
+        """The plan for a match, or raise Refusal."""
+
+    def check(self, context: Any, **bindings: Any) -> orp.MatchResult:
+        self.plan(**bindings)
+        return orp.MatchResult()
+
+    def rewrite(self, op: Builder, **bindings: Any) -> ir.Value:
+        plan = self.plan(**bindings)
+        inputs = plan.build_inputs(op)
+        _annotate(inputs, plan)
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        out = op.Attention(*inputs, _domain=EDGEATTN, **plan.attributes)
+        return plan.finish(op, out) if plan.finish is not None else out
+
+    def to_rule(self) -> orp.RewriteRule:
+        return orp.RewriteRule(self.pattern, self.rewrite, self.check, name=self.name)
+
+
+def _annotate(inputs: list[ir.Value | None], plan: Plan) -> None:
+    """Rank and type on new input values, so lowering can choose the function body without inference."""
+    for value in inputs[:3]:
+        if value is not None and value.shape is None:
+            value.shape = ir.Shape([None] * plan.rank)
+        if value is not None and value.dtype is None and plan.dtype is not None:
+            value.dtype = plan.dtype
+    mask = inputs[3] if len(inputs) > 3 else None
+    if mask is not None and mask.dtype is None:
+        mask.dtype = ir.DataType.BOOL if plan.facts.mask == "bool" else plan.dtype
+
+
+def attention_attributes(
+    scale: float | None, causal: int, q_heads: int | None, kv_heads: int | None, softmax_precision: int = 0
+) -> dict[str, Any]:
+    """The edgeattn.Attention attributes of a site, every one written out (TensorRT plugins read them all)."""
+    return {
+        "scale": float(scale) if scale is not None else 0.0,
+        "causal": int(causal),
+        "q_num_heads": int(q_heads or 0),
+        "kv_num_heads": int(kv_heads or 0),
+        "softmax_precision": int(softmax_precision),
+    }

@@ -1,0 +1,207 @@
+"""Attention written out in standard ops: MatMul -> [scale] -> [mask] -> Softmax -> [guard] -> MatMul.
+
+Covers the eager dialect (scale after the product), the SDPA decomposition (√scale on Q and Kᵀ, an
+IsNaN/Where guard), legacy Cast pairs around Softmax, masks added or selected with Where (one or two of
+them), inference-mode Dropout, K transposed by any Transpose / a 3-D Reshape-Transpose-Reshape / given
+pre-transposed, and grouped-query Unsqueeze/Expand/Reshape of K and V. 4-D [B, H, S, d] operands, or
+3-D [B·H, S, d] ones (heads folded into the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern as orp
+
+from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes
+from edgeattn.graphs.rules.masks import MaskTerm, build_mask, check_fits, mask_kind, where_term
+from edgeattn.graphs.rules.operands import Operand, read_key, read_key_value_heads, peel_scales
+from edgeattn.graphs.values import dims, rank, static_array, static_dim, static_scalar
+
+FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
+
+
+def _mask_step(op: Any, x: Any, add: Any, condition: Any, fill: Any, tag: str) -> Any:
+    return orp.OrValue(
+        [op.Add(x, add), op.Add(add, x), op.Where(condition, x, fill), op.Where(condition, fill, x), x],
+        tag_var=tag,
+        tag_values=["add", "add", "keep", "drop", "none"],
+    )
+
+
+class DecomposedAttention(AttentionRule):
+    dialect = "decomposed"
+
+    def pattern(self, op, q_in, kt_in, v_in, qk_scale, add1, cond1, fill1, add2, cond2, fill2, nan_fill):
+        scores = op.MatMul(q_in, kt_in, _outputs=["scores"])
+        scaled = orp.OrValue(
+            [op.Mul(scores, qk_scale), op.Mul(qk_scale, scores), op.Div(scores, qk_scale), scores],
+            tag_var="scale_op",
+            tag_values=["mul", "mul", "div", "none"],
+        )
+        masked = _mask_step(op, scaled, add1, cond1, fill1, "mask1")
+        masked = _mask_step(op, masked, add2, cond2, fill2, "mask2")
+        logits = orp.OrValue([op.Cast(masked, _outputs=["pre_cast"]), masked])
+        probs = op.Softmax(logits, _outputs=["probs"])
+        probs_cast = orp.OrValue([op.Cast(op.Cast(probs)), op.Cast(probs), probs])
+        guarded = orp.OrValue(
+            [op.Where(op.IsNaN(probs_cast), nan_fill, probs_cast), probs_cast], tag_var="guard", tag_values=[True, False]
+        )
+        dropped = orp.OrValue([op.Dropout(guarded, _allow_other_inputs=True, _outputs=["dropout"]), guarded])
+        return op.MatMul(dropped, v_in)
+
+    def plan(self, **b: Any) -> Plan:
+        softmax = b["probs"].producer()
+        scores = b["scores"]
+        score_rank = rank(scores)
+        _check_softmax_axis(softmax, score_rank)
+        _check_guard_and_dropout(b)
+        qk_scale = _scale_after_product(b["scale_op"], b["qk_scale"])
+        terms = _mask_terms(b)
+        check_fits(terms, scores)
+        query, q_scale = peel_scales(b["q_in"])
+        key_reading = read_key(b["kt_in"])
+        key, value, group = _key_value(key_reading.key, b["v_in"])
+        dtypes = (b["q_in"].dtype, b["v_in"].dtype)
+        if dtypes[0] is not None and dtypes[1] is not None and dtypes[0] != dtypes[1]:
+            raise Refusal(f"the query type {dtypes[0].name} and value type {dtypes[1].name} differ", b["v_in"])
+        precision = _softmax_precision(b.get("pre_cast"), dtypes[0])
+        layout = _layout(score_rank, scores)
+        head_size = static_dim(b["q_in"], -1)
+        q_heads, kv_heads = static_dim(query, 1), _operand_dim(key, 1)
+        scale = qk_scale * q_scale * key_reading.scale
+        kind = mask_kind(terms)
+        facts = SiteFacts(
+            anchor=softmax,
+            dialect=_dialect(b, q_scale * key_reading.scale != 1.0),
+            layout=layout,
+            num_heads=q_heads if layout == "bhsd" else None,
+            kv_num_heads=kv_heads if layout == "bhsd" else None,
+            head_size=head_size,
+            mask=kind,
+            causal=0,
+            scale=scale,
+            details={"key": key_reading.form, "gqa_group": group, "masks": [t.kind for t in terms]},
+        )
+        attributes = attention_attributes(scale, 0, *(_op_heads(layout, q_heads, kv_heads)), precision)
+        score_dtype = scores.dtype or dtypes[0]
+        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype)
+        return Plan(facts, attributes, build_inputs, 4, dtypes[0] or score_dtype, finish)
+
+
+def _check_softmax_axis(softmax: ir.Node, score_rank: int | None) -> None:
+    if score_rank is None:
+        raise Refusal("the rank of the attention scores is unknown (no shape information)", softmax)
+    axis = softmax.attributes.get_int("axis", -1)
+    if axis not in (-1, score_rank - 1):
+        raise Refusal(f"the Softmax is over axis {axis}, not the last (key) axis of rank-{score_rank} scores", softmax)
+
+
+def _check_guard_and_dropout(b: dict[str, Any]) -> None:
+    if b.get("guard"):
+        fill = static_scalar(b["nan_fill"])
+        if fill != 0.0:
+            raise Refusal("the IsNaN guard after the Softmax does not write zeros", b["nan_fill"])
+    dropout = b.get("dropout")
+    if dropout is not None:
+        node = dropout.producer()
+        training = node.inputs[2] if len(node.inputs) > 2 else None
+        if training is not None:
+            flag = static_array(training)
+            if flag is None or bool(flag.reshape(-1)[0]):
+                raise Refusal("the Dropout after the Softmax may run in training mode", node)
+
+
+def _scale_after_product(scale_op: str, qk_scale: ir.Value | None) -> float:
+    if scale_op == "none":
+        return 1.0
+    number = static_scalar(qk_scale)
+    size = static_array(qk_scale)
+    if number is None or size is None or size.size != 1:
+        raise Refusal("the scale after the Q·Kᵀ product is not a constant scalar", qk_scale)
+    return number if scale_op == "mul" else 1.0 / number
+
+
+def _mask_terms(b: dict[str, Any]) -> list[MaskTerm]:
+    terms = []
+    for step in ("1", "2"):
+        kind = b[f"mask{step}"]
+        if kind == "add":
+            terms.append(MaskTerm("add", b[f"add{step}"]))
+        elif kind in ("keep", "drop"):
+            condition = b[f"cond{step}"]
+            if condition is None or condition.dtype not in (None, ir.DataType.BOOL):
+                raise Refusal("the Where mask's condition is not boolean", condition)
+            terms.append(where_term(kind, condition, b[f"fill{step}"]))
+    return terms
+
+
+def _key_value(key: Operand, value: ir.Value) -> tuple[Operand, ir.Value, int]:
+    if key.perm is not None:
+        return key, value, 1
+    base_key, base_value, group = read_key_value_heads(key.value, value)
+    return Operand(base_key), base_value, group
+
+
+def _softmax_precision(pre_cast: ir.Value | None, query_type: ir.DataType | None) -> int:
+    if pre_cast is None:
+        return 0
+    to = pre_cast.producer().attributes.get_int("to", 0)
+    if ir.DataType(to) not in FLOAT_TYPES:
+        raise Refusal(f"the Softmax is computed in the non-float type {ir.DataType(to).name}", pre_cast)
+    return 0 if query_type is not None and to == int(query_type) else to
+
+
+def _layout(score_rank: int, scores: ir.Value) -> str:
+    if score_rank == 4:
+        return "bhsd"
+    if score_rank == 3:
+        return "(bh)sd"
+    raise Refusal(f"the attention scores have rank {score_rank}; only 3-D and 4-D attention is rewritten", scores)
+
+
+def _operand_dim(operand: Operand, axis: int) -> int | None:
+    shape = dims(operand.value)
+    if shape is None:
+        return None
+    index = operand.perm[axis] if operand.perm is not None else axis
+    dim = shape[index] if index < len(shape) else None
+    return dim if isinstance(dim, int) else None
+
+
+def _op_heads(layout: str, q_heads: int | None, kv_heads: int | None) -> tuple[int | None, int | None]:
+    if layout == "(bh)sd":
+        return 1, 1  # heads are folded into the batch; the op sees one head
+    return q_heads, kv_heads
+
+
+def _dialect(b: dict[str, Any], operand_scale: bool) -> str:
+    if b.get("guard") or operand_scale:
+        return "sdpa-decomposed"
+    return "eager"
+
+
+def _builders(layout: str, query: ir.Value, key: Operand, value: ir.Value, terms: list[MaskTerm], dtype: Any):
+    mask_rank = max((rank(term.value) or 0 for term in terms), default=0)
+
+    def build_inputs(op: Any) -> list[ir.Value | None]:
+        mask = build_mask(op, terms, dtype)
+        operands = [query, key.build(op), value]
+        if layout == "(bh)sd":
+            operands = [_unsqueeze(op, x, 1) for x in operands]
+            if mask is not None and mask_rank >= 3:
+                mask = _unsqueeze(op, mask, 1)
+        return [*operands, mask]
+
+    def finish(op: Any, out: ir.Value) -> ir.Value:
+        if layout != "(bh)sd":
+            return out
+        return op.Squeeze(out, op.Constant(value=ir.tensor(np.array([1], np.int64))))
+
+    return build_inputs, finish
+
+
+def _unsqueeze(op: Any, value: ir.Value, axis: int) -> ir.Value:
+    return op.Unsqueeze(value, op.Constant(value=ir.tensor(np.array([axis], np.int64))))

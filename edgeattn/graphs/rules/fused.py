@@ -1,0 +1,215 @@
+"""Attention already fused into one node: ONNX `Attention` (opset 23/24) and the `com.microsoft`
+`Attention` / `MultiHeadAttention` that onnxruntime's transformers optimizer writes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes
+from edgeattn.graphs.rules.masks import lengths_to_keep, padding_mask
+from edgeattn.graphs.rules.operands import read_key_value_heads
+from edgeattn.graphs.values import dims, rank, same_dim, static_dim
+
+MS = "com.microsoft"
+ORT_MASK_FILTER = -10000.0
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _default_scale(scale: float, head_size: int | None) -> float | None:
+    """The scale a fused op uses: its attribute, else 1/sqrt(head size) (None when that is unknown)."""
+    if scale > 0:
+        return scale
+    return 1.0 / math.sqrt(head_size) if head_size else None
+
+
+class OnnxAttention(AttentionRule):
+    """ONNX `Attention` (opset 23 and 24), as the dynamo exporter writes SDPA."""
+
+    dialect = "onnx-attention"
+
+    def pattern(self, op, query, key, value):
+        return op.Attention(query, key, value, _allow_other_inputs=True, _outputs=["y"])
+
+    def plan(self, **b: Any) -> Plan:
+        node = b["y"].producer()
+        attrs = node.attributes
+        if attrs.get_float("softcap", 0.0) != 0.0:
+            raise Refusal(f"softcap {attrs.get_float('softcap', 0.0):g} is not supported", node)
+        if attrs.get_int("left_window_size", -1) >= 0 or attrs.get_int("right_window_size", -1) >= 0:
+            raise Refusal("sliding-window attention (left/right_window_size) is not supported", node)
+        if _input(node, 4) is not None or _input(node, 5) is not None:
+            raise Refusal("past_key/past_value inputs (a KV cache inside the op) are not supported", node)
+        if _input(node, 6) is not None:
+            raise Refusal("the nonpad_kv_seqlen input is not supported", node)
+        query, key, value, mask = b["query"], b["key"], b["value"], _input(node, 3)
+        layout = "bhsd" if rank(query) == 4 else "bs(hd)" if rank(query) == 3 else None
+        if layout is None:
+            raise Refusal("the rank of Q is unknown or not 3/4", query)
+        group = 1
+        if layout == "bhsd":
+            key, value, group = read_key_value_heads(key, value)
+            q_heads, kv_heads = static_dim(query, 1), static_dim(key, 1)
+            head_size = static_dim(query, -1)
+        else:
+            q_heads, kv_heads = attrs.get_int("q_num_heads", 0), attrs.get_int("kv_num_heads", 0)
+            hidden = static_dim(query, -1)
+            head_size = hidden // q_heads if hidden and q_heads else None
+        _check_mask_length(mask, key, layout)
+        causal = 1 if attrs.get_int("is_causal", 0) else 0
+        scale = _default_scale(attrs.get_float("scale", 0.0), head_size)
+        precision = attrs.get_int("softmax_precision", 0)
+        if query.dtype is not None and precision == int(query.dtype):
+            precision = 0
+        mask_kind = "none" if mask is None else "bool" if mask.dtype == ir.DataType.BOOL else "additive"
+        facts = SiteFacts(node, self.dialect, layout, q_heads, kv_heads, head_size, mask_kind, causal, scale,
+                          {"gqa_group": group})
+        attributes = attention_attributes(scale, causal, q_heads, kv_heads, precision)
+        inputs = [query, key, value, mask]
+        return Plan(facts, attributes, lambda op: list(inputs), 4 if layout == "bhsd" else 3, query.dtype)
+
+
+def _check_mask_length(mask: ir.Value | None, key: ir.Value, layout: str) -> None:
+    """Opset 24 pads a mask shorter than the keys with -inf; edgeattn.Attention only broadcasts."""
+    mask_len, key_len = static_dim(mask, -1), static_dim(key, 2 if layout == "bhsd" else 1)
+    if mask_len is not None and key_len is not None and mask_len not in (1, key_len):
+        raise Refusal(f"the mask covers {mask_len} keys of {key_len} (opset-24 padding is not supported)", mask)
+
+
+class MsAttention(AttentionRule):
+    """`com.microsoft.Attention`: packed Q/K/V projection, then attention (onnxruntime's BERT fusion)."""
+
+    dialect = "ms-attention"
+
+    def pattern(self, op, x, weights):
+        return op.Attention(x, weights, _domain=MS, _allow_other_inputs=True, _outputs=["y"])
+
+    def plan(self, **b: Any) -> Plan:
+        node = b["y"].producer()
+        attrs = node.attributes
+        if _input(node, 4) is not None or _input(node, 6) is not None:
+            raise Refusal("the past state input (KV cache) of com.microsoft.Attention is not supported", node)
+        if attrs.get_int("do_rotary", 0):
+            raise Refusal("do_rotary (rotary embedding inside the op) is not supported", node)
+        heads = attrs.get_int("num_heads", 0)
+        sizes = _qkv_sizes(node, b["weights"])
+        x = b["x"]
+        dtype = x.dtype or b["weights"].dtype
+        if dtype is None:
+            raise Refusal("the element type of the input is unknown", x)
+        head_size = sizes[0] // heads
+        scale = _default_scale(attrs.get_float("scale", 0.0), head_size)
+        causal = 2 if attrs.get_int("unidirectional", 0) else 0
+        filler = attrs.get_float("mask_filter_value", ORT_MASK_FILTER)
+        mask_index, bias_input = _input(node, 3), _input(node, 5)
+        mask_builder = _padding_mask_builder(mask_index, x, dtype, filler, "mask_index", _is_embed_mask(mask_index))
+        facts = SiteFacts(node, self.dialect, "bs(hd)", heads, heads, head_size,
+                          "none" if mask_index is None and bias_input is None else "additive", causal, scale,
+                          {"mask_index_rank": rank(mask_index), "attention_bias": bias_input is not None})
+        attributes = attention_attributes(scale, causal, heads, heads, 0)
+        bias = _input(node, 2)
+
+        def build_inputs(op: Any) -> list[ir.Value | None]:
+            qkv = op.MatMul(x, b["weights"])
+            if bias is not None:
+                qkv = op.Add(qkv, bias)
+            split = op.Constant(value=ir.tensor(np.array(sizes, np.int64)))
+            query, key, value = op.Split(qkv, split, axis=-1, _outputs=3)
+            mask = _combine(op, mask_builder(op, lambda: _seq_len(op, x)), bias_input)
+            return [query, key, value, mask]
+
+        return Plan(facts, attributes, build_inputs, 3, dtype)
+
+
+def _qkv_sizes(node: ir.Node, weights: ir.Value) -> list[int]:
+    sizes = node.attributes.get_ints("qkv_hidden_sizes", None)
+    if sizes:
+        return [int(s) for s in sizes]
+    width = static_dim(weights, 1)
+    if width is None or width % 3:
+        raise Refusal("the width of the packed Q/K/V weights is unknown", weights)
+    return [width // 3] * 3
+
+
+def _is_embed_mask(mask: ir.Value | None) -> bool:
+    """EmbedLayerNormalization's mask_index output is [B] by definition."""
+    node = mask.producer() if mask is not None else None
+    return node is not None and node.domain == MS and node.op_type == "EmbedLayerNormalization"
+
+
+def _seq_len(op: Any, value: ir.Value) -> ir.Value:
+    shape = op.Shape(value)
+    return op.Gather(shape, op.Constant(value=ir.tensor(np.array(1, np.int64))), axis=0)
+
+
+def _padding_mask_builder(mask: ir.Value | None, batch_of: ir.Value, dtype: ir.DataType, fill: float,
+                          what: str, is_batch_lengths: bool):
+    """How to turn an onnxruntime mask_index / key_padding_mask into an additive [B, 1, 1|S, T] mask."""
+    mask_rank = rank(mask)
+    if mask is None:
+        return lambda op, total: None
+    if mask_rank == 1:
+        if not is_batch_lengths and not same_dim((dims(mask) or [None])[0], (dims(batch_of) or [None])[0]):
+            raise Refusal(f"the 1-D {what} is not provably of batch length (end and start positions are not supported)", mask)
+        return lambda op, total: padding_mask(op, lengths_to_keep(op, mask, total()), fill, dtype, [1, 2])
+    if mask_rank == 2:
+        return lambda op, total: padding_mask(op, mask, fill, dtype, [1, 2])
+    if mask_rank == 3:
+        return lambda op, total: padding_mask(op, mask, fill, dtype, [1])
+    raise Refusal(f"a {what} of rank {mask_rank} is not supported", mask)
+
+
+def _combine(op: Any, mask: ir.Value | None, bias: ir.Value | None) -> ir.Value | None:
+    if mask is None or bias is None:
+        return mask if bias is None else bias
+    return op.Add(mask, bias)
+
+
+class MsMultiHeadAttention(AttentionRule):
+    """`com.microsoft.MultiHeadAttention` with separate 3-D Q, K, V (onnxruntime's MHA fusion)."""
+
+    dialect = "ms-multihead-attention"
+
+    def pattern(self, op, query):
+        return op.MultiHeadAttention(query, _domain=MS, _allow_other_inputs=True, _outputs=["y"])
+
+    def plan(self, **b: Any) -> Plan:
+        node = b["y"].producer()
+        query, key, value = b["query"], _input(node, 1), _input(node, 2)
+        if any(_input(node, i) is not None for i in (6, 7, 8, 9)):
+            raise Refusal("past_key/past_value/cache inputs of MultiHeadAttention are not supported", node)
+        if key is None or value is None or rank(query) != 3 or rank(key) != 3 or rank(value) != 3:
+            raise Refusal("packed QKV/KV or 4-D (BNSH) key/value of MultiHeadAttention are not supported", node)
+        attrs = node.attributes
+        heads = attrs.get_int("num_heads", 0)
+        hidden, v_hidden = static_dim(query, 2), static_dim(value, 2)
+        dtype = query.dtype
+        if hidden is None or v_hidden is None or dtype is None:
+            raise Refusal("the hidden sizes or element type of MultiHeadAttention are unknown", node)
+        head_size = hidden // heads
+        scale = _default_scale(attrs.get_float("scale", 0.0), head_size)
+        causal = 2 if attrs.get_int("unidirectional", 0) else 0
+        filler = attrs.get_float("mask_filter_value", ORT_MASK_FILTER)
+        bias, padding, bias_input = _input(node, 3), _input(node, 4), _input(node, 5)
+        mask_builder = _padding_mask_builder(padding, query, dtype, filler, "key_padding_mask", False)
+        facts = SiteFacts(node, self.dialect, "bs(hd)", heads, heads, head_size,
+                          "none" if padding is None and bias_input is None else "additive", causal, scale,
+                          {"bias": bias is not None, "attention_bias": bias_input is not None})
+        attributes = attention_attributes(scale, causal, heads, heads, 0)
+
+        def build_inputs(op: Any) -> list[ir.Value | None]:
+            q, k, v = query, key, value
+            if bias is not None:
+                split = op.Constant(value=ir.tensor(np.array([hidden, hidden, v_hidden], np.int64)))
+                q_bias, k_bias, v_bias = op.Split(bias, split, axis=0, _outputs=3)
+                q, k, v = op.Add(q, q_bias), op.Add(k, k_bias), op.Add(v, v_bias)
+            mask = _combine(op, mask_builder(op, lambda: _seq_len(op, key)), bias_input)
+            return [q, k, v, mask]
+
+        return Plan(facts, attributes, build_inputs, 3, dtype)

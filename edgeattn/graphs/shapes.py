@@ -1,0 +1,122 @@
+"""Shape and type information for graphs that lack it (the legacy exporter writes none for intermediates).
+
+onnxruntime's symbolic shape inference runs on a copy of the graph without its large initializers (it
+knows the com.microsoft ops and resolves `-1` in Reshape symbolically, so head counts come out); ONNX
+shape inference is the fallback. Only values with no shape or type are filled in; what the file
+already says is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import onnx
+import onnx_ir as ir
+
+_BIG_TENSOR_BYTES = 1024
+_ATTENTION_OPS = {"Softmax", "MatMul", "Attention", "MultiHeadAttention"}
+
+
+def needs_shapes(model: ir.Model) -> bool:
+    """True when an input or output of a node that rules read has no shape or no type."""
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_type not in _ATTENTION_OPS:
+                continue
+            for value in (*node.inputs, *node.outputs):
+                if value is not None and (value.shape is None or value.dtype is None):
+                    return True
+    return False
+
+
+def ensure_shapes(model: ir.Model) -> bool:
+    """Infer missing shapes and types in place; returns whether anything was added."""
+    if not needs_shapes(model):
+        return False
+    with _without_big_initializers(model):
+        proto = ir.serde.serialize_model(model)
+    inferred = _infer(proto)
+    if inferred is None:
+        return False
+    known = _value_types(inferred.graph)
+    changed = False
+    for graph in model.graphs():
+        for value in _graph_values(graph):
+            type_proto = known.get(value.name or "")
+            if type_proto is not None:
+                changed |= _fill(value, type_proto)
+    return changed
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    except Exception:  # it raises bare Exceptions on ops it does not know; fall back to ONNX's inference
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return None
+
+
+@contextlib.contextmanager
+def _without_big_initializers(model: ir.Model) -> Iterator[None]:
+    """Large initializers become typed graph inputs for the duration (shape inference needs no data)."""
+    graph = model.graph
+    moved: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    original_inputs = list(graph.inputs)
+    for value in list(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None or tensor.nbytes <= _BIG_TENSOR_BYTES:
+            continue
+        if value.shape is None:
+            value.shape = tensor.shape  # type: ignore[assignment]
+        if value.dtype is None:
+            value.dtype = tensor.dtype
+        moved.append((value, tensor))
+        graph.initializers.pop(value.name)  # type: ignore[arg-type]
+        value.const_value = None
+        if value not in original_inputs:
+            graph.inputs.append(value)
+    try:
+        yield
+    finally:
+        graph.inputs.clear()
+        graph.inputs.extend(original_inputs)
+        for value, tensor in moved:
+            value.const_value = tensor
+            graph.register_initializer(value)
+
+
+def _graph_values(graph: ir.Graph) -> Iterator[ir.Value]:
+    yield from graph.inputs
+    for node in graph:
+        yield from node.outputs
+
+
+def _value_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    infos = [*graph.input, *graph.value_info, *graph.output]
+    return {info.name: info.type for info in infos if info.type.HasField("tensor_type")}
+
+
+def _fill(value: ir.Value, type_proto: onnx.TypeProto) -> bool:
+    tensor_type = type_proto.tensor_type
+    changed = False
+    if value.dtype is None and tensor_type.elem_type:
+        value.dtype = ir.DataType(tensor_type.elem_type)
+        changed = True
+    if value.shape is None and tensor_type.HasField("shape"):
+        value.shape = ir.Shape([_dim(d) for d in tensor_type.shape.dim])
+        changed = True
+    return changed
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str | None:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    if dim.HasField("dim_param"):
+        return dim.dim_param
+    return None

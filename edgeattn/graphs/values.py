@@ -1,0 +1,274 @@
+"""What is known about a value before running the graph: constants, small computed constants, dims.
+
+Attention scales are often computed, not stored: the legacy exporter writes
+`Sqrt(Cast(1 / Sqrt(Cast(Slice(Shape(q), -1)))))`. `static_array` evaluates such small chains on
+static shape information, without touching the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+Dim = int | str | None
+_MAX_DEPTH = 24
+_MAX_ELEMENTS = 64  # only small tensors are evaluated: scales, shapes, axes
+
+
+def dims(value: ir.Value | None) -> list[Dim] | None:
+    """The dims of `value` (int static, str symbolic, None unknown), or None when its rank is unknown."""
+    if value is None or value.shape is None:
+        return None
+    out: list[Dim] = []
+    for dim in value.shape:
+        if isinstance(dim, int):
+            out.append(dim)
+        else:
+            out.append(dim.value if dim.value else None)
+    return out
+
+
+def rank(value: ir.Value | None) -> int | None:
+    shape = dims(value)
+    return None if shape is None else len(shape)
+
+
+def static_dim(value: ir.Value | None, axis: int) -> int | None:
+    shape = dims(value)
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    dim = shape[axis]
+    return dim if isinstance(dim, int) else None
+
+
+def same_dim(a: Dim, b: Dim) -> bool:
+    """True when two dims are provably equal (same int, or the same named symbol)."""
+    return a is not None and a == b
+
+
+def static_array(value: ir.Value | None, depth: int = _MAX_DEPTH) -> np.ndarray | None:
+    """The value's contents when they follow from constants and static dims, else None."""
+    if value is None or depth <= 0:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        if tensor.size > _MAX_ELEMENTS:
+            return None
+        try:
+            return np.asarray(tensor.numpy())
+        except Exception:  # external data that cannot be read is simply not static
+            return None
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    evaluate = _EVALUATORS.get(node.op_type)
+    if evaluate is None:
+        return None
+    try:
+        result = evaluate(node, depth - 1)
+    except (ValueError, IndexError, TypeError, FloatingPointError):
+        return None
+    if result is None or result.size > _MAX_ELEMENTS:
+        return None
+    return result
+
+
+def static_scalar(value: ir.Value | None) -> float | None:
+    array = static_array(value)
+    if array is None or array.size != 1 or not np.issubdtype(array.dtype, np.number):
+        return None
+    return float(array.reshape(()))
+
+
+def static_ints(value: ir.Value | None) -> list[int] | None:
+    array = static_array(value)
+    if array is None or not np.issubdtype(array.dtype, np.integer):
+        return None
+    return [int(x) for x in array.reshape(-1)]
+
+
+def _inputs(node: ir.Node, depth: int) -> list[np.ndarray] | None:
+    arrays = [static_array(v, depth) for v in node.inputs]
+    return None if any(a is None for a in arrays) else arrays  # type: ignore[return-value]
+
+
+def _elementwise(fn: Callable[..., np.ndarray]) -> Callable[[ir.Node, int], np.ndarray | None]:
+    def evaluate(node: ir.Node, depth: int) -> np.ndarray | None:
+        arrays = _inputs(node, depth)
+        if arrays is None:
+            return None
+        with np.errstate(all="raise"):
+            result = np.asarray(fn(*arrays))
+        return result.astype(arrays[0].dtype) if np.issubdtype(arrays[0].dtype, np.floating) else result
+
+    return evaluate
+
+
+def _shape(node: ir.Node, depth: int) -> np.ndarray | None:
+    shape = dims(node.inputs[0])
+    if shape is None:
+        return None
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", len(shape))
+    selected = shape[slice(start, end)]
+    if any(not isinstance(d, int) for d in selected):
+        return None  # Gather/Slice of this Shape can still pick its static entries (_shape_entries)
+    return np.array(selected, np.int64)
+
+
+def shape_vector(value: ir.Value | None, depth: int = 8) -> list[Dim] | None:
+    """The entries of a 1-D shape tensor, symbolic where they come from symbolic dims (e.g. `['B', 4, -1]`).
+
+    Follows what exporters build shape tensors from: constants, Shape, Slice, Gather, Concat, Cast,
+    Unsqueeze/Squeeze/Reshape of such vectors. None when an entry cannot be known, even symbolically."""
+    if value is None or depth <= 0:
+        return None
+    array = static_array(value)
+    if array is not None and np.issubdtype(array.dtype, np.integer) and array.ndim <= 1:
+        return [int(x) for x in array.reshape(-1)]
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape":
+        shape = dims(node.inputs[0])
+        if shape is None:
+            return None
+        return shape[slice(node.attributes.get_int("start", 0), node.attributes.get_int("end", len(shape)))]
+    if node.op_type in ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity"):
+        return shape_vector(node.inputs[0], depth - 1)
+    if node.op_type == "Concat":
+        parts = [shape_vector(v, depth - 1) for v in node.inputs]
+        return None if any(p is None for p in parts) else [d for p in parts for d in p]  # type: ignore[union-attr]
+    if node.op_type in ("Slice", "Gather"):
+        return _pick(node, shape_vector(node.inputs[0], depth - 1))
+    return None
+
+
+def _pick(node: ir.Node, entries: list[Dim] | None) -> list[Dim] | None:
+    if entries is None:
+        return None
+    if node.op_type == "Gather":
+        indices = static_ints(node.inputs[1])
+        return None if indices is None else [entries[i] for i in indices]
+    bounds = [static_ints(v) for v in node.inputs[1:]]
+    if len(bounds) < 2 or any(b is None for b in bounds):
+        return None
+    starts, ends = bounds[0], bounds[1]
+    steps = bounds[3] if len(bounds) > 3 else [1]
+    if len(starts) != 1 or len(ends) != 1:  # type: ignore[arg-type]
+        return None
+    return entries[slice(starts[0], ends[0], steps[0])]  # type: ignore[index]
+
+
+def _gather(node: ir.Node, depth: int) -> np.ndarray | None:
+    indices = static_array(node.inputs[1], depth)
+    data = static_array(node.inputs[0], depth)
+    if indices is None:
+        return None
+    if data is None:
+        entries = shape_vector(node.inputs[0], depth)
+        picked = None if entries is None else np.take(np.array(entries, dtype=object), indices)
+        if picked is None or any(not isinstance(x, int) for x in np.atleast_1d(picked)):
+            return None
+        return np.asarray(picked, dtype=np.int64)
+    return np.take(data, indices, axis=node.attributes.get_int("axis", 0))
+
+
+def _slice(node: ir.Node, depth: int) -> np.ndarray | None:
+    if len(node.inputs) < 3:
+        return None
+    bounds = [static_array(v, depth) for v in node.inputs[1:]]
+    if any(b is None for b in bounds):
+        return None
+    data = static_array(node.inputs[0], depth)
+    if data is None:
+        entries = shape_vector(node.inputs[0], depth)
+        if entries is None:
+            return None
+        data = np.array(entries, dtype=object)
+    starts, ends = bounds[0], bounds[1]
+    axes = bounds[2] if len(bounds) > 2 else np.arange(len(starts))
+    steps = bounds[3] if len(bounds) > 3 else np.ones(len(starts), np.int64)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    result = data[tuple(index)]
+    if result.dtype == object:
+        if any(not isinstance(x, int) for x in result.reshape(-1)):
+            return None
+        result = result.astype(np.int64)
+    return result
+
+
+def _cast(node: ir.Node, depth: int) -> np.ndarray | None:
+    array = static_array(node.inputs[0], depth)
+    to = node.attributes.get_int("to", 0)
+    if array is None or to == 0:
+        return None
+    return array.astype(ir.DataType(to).numpy())
+
+
+def _constant(node: ir.Node, depth: int) -> np.ndarray | None:
+    for name in ("value_float", "value_int"):
+        if name in node.attributes:
+            attr = node.attributes[name]
+            return None if attr.is_ref() else np.array(attr.value, np.float32 if name == "value_float" else np.int64)
+    for name in ("value_floats", "value_ints"):
+        if name in node.attributes:
+            attr = node.attributes[name]
+            return None if attr.is_ref() else np.array(list(attr.value), np.float32 if name == "value_floats" else np.int64)
+    return None
+
+
+def _reshape(node: ir.Node, depth: int) -> np.ndarray | None:
+    arrays = _inputs(node, depth)
+    if arrays is None:
+        return None
+    data, shape = arrays
+    target = [int(d) if d != 0 else data.shape[i] for i, d in enumerate(shape)]
+    return data.reshape(target)
+
+
+def _unsqueeze(node: ir.Node, depth: int) -> np.ndarray | None:
+    data = static_array(node.inputs[0], depth)
+    axes = static_ints(node.inputs[1]) if len(node.inputs) > 1 else list(node.attributes.get_ints("axes", []))
+    if data is None or axes is None:
+        return None
+    return np.expand_dims(data, tuple(a if a >= 0 else a + data.ndim + len(axes) for a in axes))
+
+
+def _squeeze(node: ir.Node, depth: int) -> np.ndarray | None:
+    data = static_array(node.inputs[0], depth)
+    if data is None:
+        return None
+    axes = static_ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    return np.squeeze(data, axis=None if axes is None else tuple(axes))
+
+
+def _concat(node: ir.Node, depth: int) -> np.ndarray | None:
+    arrays = _inputs(node, depth)
+    return None if arrays is None else np.concatenate(arrays, axis=node.attributes.get_int("axis", 0))
+
+
+_EVALUATORS: dict[str, Callable[[ir.Node, int], np.ndarray | None]] = {
+    "Identity": _elementwise(lambda x: x),
+    "Neg": _elementwise(np.negative),
+    "Sqrt": _elementwise(np.sqrt),
+    "Reciprocal": _elementwise(np.reciprocal),
+    "Add": _elementwise(np.add),
+    "Sub": _elementwise(np.subtract),
+    "Mul": _elementwise(np.multiply),
+    "Div": _elementwise(lambda a, b: a // b if np.issubdtype(a.dtype, np.integer) else a / b),
+    "Pow": _elementwise(np.power),
+    "Shape": _shape,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Cast": _cast,
+    "Constant": _constant,
+    "Reshape": _reshape,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": _concat,
+}

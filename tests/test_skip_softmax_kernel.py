@@ -1,0 +1,286 @@
+"""SkipSoftmaxAttention: the PyTorch reference, and the Triton kernels in the interpreter on CPU.
+
+The kernels must agree with the float64 reference on the output *and* on which tiles they skip.
+Tolerances (max abs error, outputs are O(1) averages of N(0, 1) values):
+  fp32 inputs  2e-5: the interpreter computes fp32 dots and exp2; observed errors are ~5e-7.
+  fp16 inputs  2e-3: the reference sees the same fp16-rounded inputs; the kernel rounds P to fp16
+               for P @ V (relative 2^-11 per weight) and the output to fp16 (2^-11 relative).
+  bf16 inputs  1.6e-2: the same two roundings at 2^-8.
+Skip thresholds are placed between the reference's tile margins (at least 1e-3 from every one), so
+fp32-vs-fp64 rounding of the scores cannot flip a decision and the counts must match exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # also set by conftest.py; Triton reads it at first import
+
+import pytest
+import torch
+
+from edgeattn.errors import EdgeAttnError
+from edgeattn.plugins.skip_softmax.config import auto_num_splits, default_config, kernel_block_m
+from edgeattn.plugins.skip_softmax.reference import (
+    kv_tiles_per_split,
+    skip_margins,
+    skip_softmax_attention_reference,
+    visited_tiles,
+)
+
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def make_qkv(b, hq, hkv, lq, lkv, d, *, seed=0, dtype=torch.float64, peaked=True):
+    """Random q/k/v; ``peaked`` gives keys a smooth temperature (0.25..1.5) and two strong sink keys,
+    so that tile maxima spread over several nats as in trained models and some tiles are skippable."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, lq, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, hkv, lkv, d, generator=g, dtype=torch.float64)
+    v = torch.randn(b, hkv, lkv, d, generator=g, dtype=torch.float64)
+    if peaked:
+        pos = torch.arange(lkv, dtype=torch.float64)
+        temp = 0.25 + 1.25 * (0.5 + 0.5 * torch.sin(pos / 9.0))
+        temp[:2] = 3.0
+        k = k * temp[:, None]
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def dense_attention(q, k, v, *, causal):
+    """Softmax attention in float64 with the KV-cache causal mask (query i at Lkv - Lq + i)."""
+    q, k, v = q.double(), k.double(), v.double()
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        lq, lkv = q.shape[2], k.shape[2]
+        i = torch.arange(lq)[:, None] + lkv - lq
+        s = s.masked_fill(torch.arange(lkv)[None, :] > i, -math.inf)
+    return torch.softmax(s, -1).nan_to_num(0.0) @ v
+
+
+def thresholds(margins, quantiles=(0.3, 0.6, 0.9), min_gap=1e-3):
+    """``ln(lambda)`` values near the given quantiles of the finite margins, each at least
+    ``min_gap`` from every margin and below 0 (lambda <= 1, where margins predict skips exactly)."""
+    vals = torch.unique(margins[torch.isfinite(margins)])
+    vals = vals[vals < -2 * min_gap]
+    if vals.numel() < 2:
+        return []
+    mids = (vals[1:] + vals[:-1]) / 2
+    ok = (vals[1:] - vals[:-1]) > 2 * min_gap
+    out = []
+    for qt in quantiles:
+        idx = int(qt * (vals.numel() - 1))
+        cands = torch.nonzero(ok).flatten()
+        if cands.numel():
+            best = cands[torch.argmin((cands - idx).abs())]
+            out.append(float(mids[best]))
+    return sorted(set(out))
+
+
+def kernel(*args, **kwargs):
+    from edgeattn.plugins.skip_softmax.ops import skip_softmax_attention
+
+    return skip_softmax_attention(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- reference
+
+REF_CASES = [  # lq, lkv, hq, hkv, causal, num_splits
+    (37, 37, 2, 2, False, 1),
+    (37, 37, 4, 2, True, 1),
+    (130, 200, 4, 1, True, 3),
+    (200, 130, 4, 2, True, 2),  # Lq > Lkv: the first 70 rows see no key
+    (1, 200, 4, 2, True, 4),
+    (5, 255, 2, 1, False, 7),
+]
+
+
+@pytest.mark.parametrize("lq,lkv,hq,hkv,causal,splits", REF_CASES)
+def test_reference_dense_equals_softmax_attention(lq, lkv, hq, hkv, causal, splits):
+    q, k, v = make_qkv(2, hq, hkv, lq, lkv, 16, seed=lq + lkv)
+    res = skip_softmax_attention_reference(q, k, v, causal=causal, block_m=16, block_n=32, num_splits=splits)
+    torch.testing.assert_close(res.out, dense_attention(q, k, v, causal=causal), atol=1e-12, rtol=0)
+    assert int(res.tiles_skipped.sum()) == 0
+    expected_total = visited_tiles(lq, lkv, causal=causal, block_m=16, block_n=32)
+    assert torch.equal(res.tiles_total, expected_total.expand_as(res.tiles_total))
+
+
+def test_reference_visited_tiles_by_hand():
+    # Lq = Lkv = 100, 32x32 tiles, causal: query tile t sees key tiles 0..t.
+    assert visited_tiles(100, 100, causal=True, block_m=32, block_n=32).tolist() == [1, 2, 3, 4]
+    # KV cache of 150 with 20 new rows (positions 130..149): one query tile, key tiles 0..4.
+    assert visited_tiles(20, 150, causal=True, block_m=32, block_n=32).tolist() == [5]
+    # Lq > Lkv: rows 0..69 of 100 have no key; tile 0 (rows 0..31) and tile 1 (32..63) visit nothing.
+    assert visited_tiles(100, 30, causal=True, block_m=32, block_n=32).tolist() == [0, 0, 1, 1]
+    assert visited_tiles(7, 65, causal=False, block_m=32, block_n=32).tolist() == [3]
+    assert kv_tiles_per_split(200, 16, 4) == 4 and kv_tiles_per_split(10, 16, 8) == 1
+
+
+@pytest.mark.parametrize("causal,splits", [(False, 1), (True, 1), (True, 3)])
+def test_reference_margins_predict_skips(causal, splits):
+    q, k, v = make_qkv(1, 4, 2, 70, 150, 16, seed=3)
+    opts = dict(causal=causal, block_m=16, block_n=16, num_splits=splits)
+    margins = skip_margins(q, k, v, **opts)
+    assert torch.isinf(margins[..., 0]).all()  # first tile of every query tile: never skipped
+    seen = set()
+    for sf in (0.5, 2.0, 8.0, 30.0, 150.0):
+        res = skip_softmax_attention_reference(q, k, v, scale_factor=sf, **opts)
+        assert torch.equal(res.tiles_skipped, (margins < math.log(sf / 150)).sum(-1))
+        seen.add(int(res.tiles_skipped.sum()))
+    assert len(seen) >= 3  # the thresholds really cut through the margins
+
+
+def test_reference_skipped_tiles_drop_out_of_the_softmax():
+    # lambda >> 1: every visited tile but the first of each split is skipped, so the output is
+    # softmax attention over the keys of those first tiles only.
+    q, k, v = make_qkv(1, 2, 2, 20, 100, 16, seed=5)
+    res = skip_softmax_attention_reference(q, k, v, scale_factor=1e9, block_m=32, block_n=16, num_splits=3)
+    per_split = kv_tiles_per_split(100, 16, 3)  # 3 tiles: splits start at keys 0, 48, 96
+    assert res.tiles_total.sum() == 2 * 7 and res.tiles_skipped.sum() == 2 * (7 - 3)
+    keys = [*range(0, 16), *range(48, 64), *range(96, 100)]
+    assert per_split == 3
+    expected = dense_attention(q, k[:, :, keys], v[:, :, keys], causal=False)
+    torch.testing.assert_close(res.out, expected, atol=1e-12, rtol=0)
+
+
+def test_reference_keeps_dtype_and_rejects_bad_input():
+    q, k, v = make_qkv(1, 2, 1, 8, 8, 16, dtype=torch.float16)
+    assert skip_softmax_attention_reference(q, k, v).out.dtype == torch.float16
+    with pytest.raises(EdgeAttnError, match="multiple of key/value heads"):
+        skip_softmax_attention_reference(q, k.expand(1, 3, 8, 16), v.expand(1, 3, 8, 16))
+    with pytest.raises(EdgeAttnError, match="scale_factor"):
+        skip_softmax_attention_reference(q, k, v, scale_factor=-1.0)
+    with pytest.raises(EdgeAttnError, match="length is 0"):
+        skip_softmax_attention_reference(q, k[:, :, :0], v[:, :, :0])
+
+
+# --------------------------------------------------------------------------- kernels (interpreter)
+
+DENSE_CASES = [  # lq, lkv, hq, hkv, causal, block_m, block_n
+    (1, 1, 2, 2, False, 16, 16),
+    (37, 37, 4, 2, False, 32, 16),
+    (64, 64, 2, 2, True, 32, 32),
+    (130, 200, 4, 2, True, 64, 32),
+    (200, 130, 2, 1, True, 32, 32),  # Lq > Lkv: rows without keys
+]
+
+
+@pytest.mark.parametrize("lq,lkv,hq,hkv,causal,bm,bn", DENSE_CASES)
+def test_kernel_dense_matches_reference(lq, lkv, hq, hkv, causal, bm, bn):
+    q, k, v = make_qkv(1, hq, hkv, lq, lkv, 32, seed=lq, dtype=torch.float32)
+    opts = dict(causal=causal, block_m=bm, block_n=bn)
+    got = kernel(q, k, v, count_skips=True, **opts)
+    ref = skip_softmax_attention_reference(q.double(), k.double(), v.double(), **opts)
+    torch.testing.assert_close(got.out.double(), ref.out, atol=ATOL[torch.float32], rtol=0)
+    assert torch.equal(got.tiles_total, ref.tiles_total)
+    assert int(got.tiles_skipped.sum()) == 0
+
+
+SKIP_CASES = [  # lq, lkv, hq, hkv, causal, block_m, block_n
+    (100, 130, 4, 2, False, 32, 16),
+    (130, 200, 4, 2, True, 32, 16),
+    (48, 96, 2, 1, True, 16, 16),
+]
+
+
+@pytest.mark.parametrize("lq,lkv,hq,hkv,causal,bm,bn", SKIP_CASES)
+def test_kernel_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm, bn):
+    q, k, v = make_qkv(1, hq, hkv, lq, lkv, 32, seed=lkv, dtype=torch.float32)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    opts = dict(causal=causal, block_m=bm, block_n=bn)
+    cuts = thresholds(skip_margins(q64, k64, v64, **opts))
+    assert len(cuts) >= 2
+    skipped = []
+    for ln_lambda in cuts:
+        sf = lkv * math.exp(ln_lambda)
+        got = kernel(q, k, v, scale_factor=sf, count_skips=True, **opts)
+        ref = skip_softmax_attention_reference(q64, k64, v64, scale_factor=sf, **opts)
+        assert torch.equal(got.tiles_skipped, ref.tiles_skipped)
+        assert torch.equal(got.tiles_total, ref.tiles_total)
+        torch.testing.assert_close(got.out.double(), ref.out, atol=ATOL[torch.float32], rtol=0)
+        skipped.append(got.skip_ratio)
+    assert skipped == sorted(skipped) and 0 < skipped[-1] < 1
+
+
+DECODE_CASES = [  # lq, lkv, hq, hkv, causal, num_splits
+    (1, 200, 4, 1, True, 1),
+    (1, 255, 4, 1, False, 4),
+    (5, 200, 4, 2, True, 3),
+    (16, 129, 2, 2, True, 5),
+]
+
+
+@pytest.mark.parametrize("lq,lkv,hq,hkv,causal,splits", DECODE_CASES)
+def test_kernel_decode_split_merge(lq, lkv, hq, hkv, causal, splits):
+    q, k, v = make_qkv(2, hq, hkv, lq, lkv, 32, seed=lkv + splits, dtype=torch.float32)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    opts = dict(causal=causal, block_m=64, block_n=16, num_splits=splits)
+    cuts = [-math.inf, *thresholds(skip_margins(q64, k64, v64, **opts), quantiles=(0.5, 0.9))]
+    for ln_lambda in cuts:
+        sf = lkv * math.exp(ln_lambda)
+        got = kernel(q, k, v, scale_factor=sf, count_skips=True, **opts)
+        ref = skip_softmax_attention_reference(q64, k64, v64, scale_factor=sf, **opts)
+        assert torch.equal(got.tiles_skipped, ref.tiles_skipped)
+        assert torch.equal(got.tiles_total, ref.tiles_total)
+        torch.testing.assert_close(got.out.double(), ref.out, atol=ATOL[torch.float32], rtol=0)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_head_sizes_and_half_precision(head_dim, dtype):
+    q, k, v = make_qkv(1, 2, 1, 20, 40, head_dim, seed=head_dim, dtype=dtype)
+    q64, k64, v64 = q.double(), k.double(), v.double()  # the rounded inputs, exactly
+    for sf in (0.0, 1e9):  # dense; and lambda >> 1: only the first key tile of each query tile runs
+        opts = dict(causal=True, block_m=16, block_n=16, scale_factor=sf)
+        got = kernel(q, k, v, count_skips=True, **opts)
+        ref = skip_softmax_attention_reference(q64, k64, v64, **opts)
+        assert got.out.dtype == dtype
+        torch.testing.assert_close(got.out.double(), ref.out, atol=ATOL[dtype], rtol=ATOL[dtype])
+        assert torch.equal(got.tiles_skipped, ref.tiles_skipped)
+    assert torch.equal(got.tiles_skipped, got.tiles_total - 1)  # one tile kept per query tile
+
+
+def test_kernel_writes_every_output_element():
+    # Poisoned output; causal with Lq > Lkv leaves rows without keys: they must be written as 0.
+    q, k, v = make_qkv(1, 2, 2, 50, 20, 32, seed=11, dtype=torch.float16)
+    out = torch.full_like(q, math.nan)
+    got = kernel(q, k, v, causal=True, block_m=16, block_n=16, out=out)
+    assert got.out is out and torch.isfinite(out).all()
+    assert (out[:, :, :30] == 0).all()
+    ref = skip_softmax_attention_reference(q.double(), k.double(), v.double(), causal=True, block_m=16, block_n=16)
+    torch.testing.assert_close(out.double(), ref.out, atol=ATOL[torch.float16], rtol=ATOL[torch.float16])
+
+
+def test_kernel_accepts_strided_inputs():
+    q, k, v = make_qkv(2, 4, 2, 33, 47, 32, seed=2, dtype=torch.float32)
+    # [B, L, H, D] storage viewed as [B, H, L, D] (the layout of a fused QKV projection)
+    qs, ks, vs = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not qs.is_contiguous()
+    a = kernel(qs, ks, vs, causal=True, block_m=16, block_n=16)
+    b = kernel(q, k, v, causal=True, block_m=16, block_n=16)
+    torch.testing.assert_close(a.out, b.out, atol=0, rtol=0)
+    assert a.tiles_skipped is None and torch.equal(a.tiles_total, b.tiles_total)
+
+
+def test_kernel_refuses_what_it_cannot_run():
+    q, k, v = make_qkv(1, 2, 2, 8, 8, 32, dtype=torch.float32)
+    with pytest.raises(EdgeAttnError, match="head size"):
+        kernel(q[..., :24], k[..., :24], v[..., :24])
+    with pytest.raises(EdgeAttnError, match="block_n"):
+        kernel(q, k, v, block_n=24)
+    with pytest.raises(EdgeAttnError, match="one dtype"):
+        kernel(q, k.half(), v)
+    with pytest.raises(EdgeAttnError, match="out must be"):
+        kernel(q, k, v, out=torch.empty(1))
+
+
+def test_launch_settings():
+    assert kernel_block_m(1, 128) == 16 and kernel_block_m(17, 128) == 32 and kernel_block_m(300, 128) == 128
+    assert kernel_block_m(100, 64) == 64
+    assert auto_num_splits(32, 32768, 64, 132) == 9  # 32 programs -> ~2 waves on 132 SMs
+    assert auto_num_splits(1024, 32768, 64, 132) == 1
+    assert auto_num_splits(4, 256, 64, 132) == 1  # 4 tiles: at least 4 per split
+    assert default_config(128, 128, 64, split=False).num_warps == 8
+    assert default_config(128, 16, 64, split=True).skip_v_load
