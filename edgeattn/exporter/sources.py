@@ -49,6 +49,16 @@ class LoadedModel:
 
 def load_model(spec: str) -> LoadedModel:
     """Load a MODEL argument. Raises ModelSourceError with one actionable line on bad input."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        hf_logging = None
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()  # weight-loading bars would clutter every command
+    return _load(spec)
+
+
+def _load(spec: str) -> LoadedModel:
     if spec.startswith("demo:"):
         from edgeattn.exporter.demo import load_demo
 

@@ -13,6 +13,9 @@ a missing wheel is a ModelSourceError that says which ``pip install`` line to ru
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import importlib.util
 import json
 import re
@@ -108,11 +111,8 @@ def _load_smollm2(name: str, gguf_path: Path) -> LoadedModel:
     folder, filename = gguf_path.parent, gguf_path.name
     config = transformers.AutoConfig.from_pretrained(folder, gguf_file=filename, local_files_only=True)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    transformers.utils.logging.disable_progress_bar()  # the dequantising bar would garble --json output
-    try:
+    with contextlib.redirect_stderr(io.StringIO()):  # its plain tqdm bar would clutter every command
         tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
-    finally:
-        transformers.utils.logging.enable_progress_bar()
     _load_exactly(model, tensors, gguf_path.name)
     model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)

@@ -22,7 +22,9 @@ def to_trt_form(node: ir.Node) -> None:
     if _rank(query) == 3:
         _to_four_dims(node)
     node.resize_inputs(4)
-    node.replace_input_with(3, _additive_mask(node, node.inputs[3], dtype))
+    mask = _additive_mask(node, node.inputs[3], dtype)
+    mask.dtype = dtype
+    node.replace_input_with(3, mask)
     precision = node.attributes.get_int("softmax_precision", 0)
     if precision == 0:
         node.attributes["softmax_precision"] = ir.AttrInt64("softmax_precision", int(dtype))
@@ -51,9 +53,12 @@ def _to_four_dims(node: ir.Node) -> None:
     if q_heads <= 0:
         raise ValueError(f"3-D attention {node.name} needs q_num_heads to split its heads")
     for index, heads, letter in ((0, q_heads, "q"), (1, kv_heads, "k"), (2, kv_heads, "v")):
+        source = node.inputs[index]
         shape = _constant(node, f"{letter}_shape", np.array([0, 0, heads, -1], np.int64))
-        split = _before(node, f"{letter}_split", "Reshape", [node.inputs[index], shape])
-        node.replace_input_with(index, _before(node, f"{letter}_bhsd", "Transpose", [split], perm=[0, 2, 1, 3]))
+        split = _before(node, f"{letter}_split", "Reshape", [source, shape])
+        four_dims = _before(node, f"{letter}_bhsd", "Transpose", [split], perm=[0, 2, 1, 3])
+        four_dims.dtype, four_dims.shape = source.dtype if source is not None else None, ir.Shape([None] * 4)
+        node.replace_input_with(index, four_dims)
     _merge_output_heads(node)
 
 

@@ -152,6 +152,6 @@ def skip_softmax_attention(
     if count_skips:
         per_tile = counts.view(batch, q_heads, splits, n_q_tiles, 2).sum(2, dtype=torch.int64)
         return SkipSoftmaxResult(out, per_tile[..., 0], per_tile[..., 1])
-    total = visited_tiles(q_len, kv_len, causal=causal, block_m=bm, block_n=block_n).to(dev)
+    total = visited_tiles(q_len, kv_len, causal=causal, block_m=bm, block_n=block_n, device=dev)
     return SkipSoftmaxResult(out, None, total.expand(batch, q_heads, n_q_tiles))
 

@@ -92,13 +92,13 @@ def kv_tiles_per_split(kv_len: int, block_n: int, num_splits: int) -> int:
 
 
 def visited_tiles(
-    q_len: int, kv_len: int, *, causal: bool, block_m: int, block_n: int
+    q_len: int, kv_len: int, *, causal: bool, block_m: int, block_n: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Visited key tiles per query tile (int64 ``[n_query_tiles]``), the same for any split count."""
-    n_kv_tiles = _cdiv(kv_len, block_n)
+    n_q_tiles, n_kv_tiles = _cdiv(q_len, block_m), _cdiv(kv_len, block_n)
     if not causal:
-        return torch.full((_cdiv(q_len, block_m),), n_kv_tiles, dtype=torch.int64)
-    last_row = torch.clamp(torch.arange(1, _cdiv(q_len, block_m) + 1) * block_m, max=q_len) - 1
+        return torch.full((n_q_tiles,), n_kv_tiles, dtype=torch.int64, device=device)
+    last_row = torch.clamp(torch.arange(1, n_q_tiles + 1, device=device) * block_m, max=q_len) - 1
     last_pos = kv_len - q_len + last_row
     return torch.where(last_pos >= 0, torch.clamp(last_pos // block_n + 1, max=n_kv_tiles), 0)
 
@@ -169,7 +169,7 @@ def _walk(
     rows = torch.arange(n_q_tiles * block_m, device=dev).view(n_q_tiles, block_m)
     row_valid = rows < q_len
     row_pos = kv_len - q_len + rows  # absolute position of each query row
-    n_visited = visited_tiles(q_len, kv_len, causal=causal, block_m=block_m, block_n=block_n).to(dev)
+    n_visited = visited_tiles(q_len, kv_len, causal=causal, block_m=block_m, block_n=block_n, device=dev)
 
     neg_inf = torch.tensor(-math.inf, dtype=cdtype, device=dev)
     state_shape = (batch, q_heads, n_q_tiles, block_m)
