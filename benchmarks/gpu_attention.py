@@ -22,9 +22,13 @@ is rewritten after every section, and a time budget skips what would not fit):
 2. ``prefill``: causal, B=1, 32 query / 8 KV heads, L in {4k, 16k, 32k}, D in {64, 128}, fp16.
    SDPA (default dispatch and each backend that runs, K/V heads expanded), the kernel's dense mode
    (3-config warps/stages tune at 4k), and skip mode at scale factors calibrated here (ln lambda
-   sweep + bisection on the kernel's own tile counts) to skip about 50 %, 75 % and 90 % of tiles.
+   sweep + bisection on the kernel's own tile counts) to skip about 50 %, 75 % and 90 % of tiles;
+   at 16k and ~75 % also the two other places to read V (``KernelConfig.v_load``).
 3. ``decode``: one query row per sequence against a KV cache of 4k/16k/32k, B=8, same heads,
-   split-K; timed as CUDA-graph replays (the kernels take tens of microseconds).
+   split-K (``auto_num_splits``).
+
+Times are medians of CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no host overhead,
+which would otherwise dominate the short calls; warm L2), falling back to ``do_bench``.
 
 Attention pattern of the prefill/decode rows (synthetic, made to reproduce what trained LLMs
 show): RoPE'd queries and keys sharing a per-head content direction (RoPE's long-range decay gives
@@ -49,7 +53,7 @@ import sys
 import time
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,8 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.5, 0.75, 0.9)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """What to run: sizes and settings (the GPU defaults, or toy sizes for ``--cpu-smoke``)."""
+
     device: str = "cuda"
     lengths: tuple[int, ...] = (4096, 16384, 32768)
     head_dims: tuple[int, ...] = (64, 128)
@@ -72,14 +78,13 @@ class Plan:
     correctness_scale: float = 1.0  # multiplies correctness lengths (the CPU smoke shrinks them)
     max_heads: int = 64  # caps correctness heads and batch (the CPU smoke shrinks them)
     max_batch: int = 64
-    timer: str = "cuda"
-    extra: dict = field(default_factory=dict)
+    timer: str = "cuda"  # "wall" for the CPU smoke
 
 
 def cpu_smoke_plan() -> Plan:
-    return Plan(device="cpu", lengths=(300,), head_dims=(64,), prefill_heads=(2, 1), decode_batch=1,
-                block_m=64, block_n=32, grid_step=2.0, bisect=1, tune=False, correctness_scale=0.15,
-                max_heads=4, max_batch=1, timer="wall")  # fmt: skip
+    return Plan(device="cpu", lengths=(200,), head_dims=(64,), prefill_heads=(2, 1), decode_batch=1,
+                block_m=32, block_n=32, grid_step=3.0, bisect=1, tune=False, correctness_scale=0.1,
+                max_heads=2, max_batch=1, timer="wall")  # fmt: skip
 
 
 def load_kernel_modules() -> tuple[Any, Any, Any]:
@@ -272,6 +277,9 @@ def margin_cuts(margins, quantiles, min_gap=1e-3) -> list[float]:
     return sorted(set(cuts))
 
 
+GRAPH_FALLBACKS: list[str] = []
+
+
 def bench_ms(plan: Plan, fn: Callable[[], Any], *, graph: bool = False) -> float:
     if plan.timer == "wall":  # CPU smoke: one timed call
         fn()
@@ -283,8 +291,11 @@ def bench_ms(plan: Plan, fn: Callable[[], Any], *, graph: bool = False) -> float
     if graph:
         try:
             return float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
-        except Exception:  # noqa: BLE001 - fall back to events around plain launches
-            pass
+        except Exception as exc:  # noqa: BLE001 - fall back to events around plain launches
+            GRAPH_FALLBACKS.append(f"{type(exc).__name__}: {exc}"[:300])
+            import torch
+
+            torch.cuda.synchronize()
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
@@ -409,138 +420,163 @@ def section_correctness(entry: dict, plan: Plan, ops, reference) -> None:
 
 
 def section_prefill(entry: dict, plan: Plan, report: Report, ops, config) -> None:
-    import torch
-
-    SDPBackend = None
     try:
         from torch.nn.attention import SDPBackend
     except ImportError:
-        pass
-    hq, hkv = plan.prefill_heads
+        SDPBackend = None
     backends = [("default", None)]
     if plan.device == "cuda" and SDPBackend is not None:
         backends += [(n, getattr(SDPBackend, a)) for n, a in
                      (("flash", "FLASH_ATTENTION"), ("cudnn", "CUDNN_ATTENTION"), ("efficient", "EFFICIENT_ATTENTION"))
                      if hasattr(SDPBackend, a)]  # fmt: skip
     for d in plan.head_dims:
-        cfg = None
+        tuned: dict[str, Any] = {}
         for L in plan.lengths:
             tag = f"prefill d{d} L{L}"
             if report.left() < 12 + L / 4096:
                 entry["results"].append({"case": tag, "skipped": f"time budget ({report.left():.0f} s left)"})
                 continue
-            q, k, v = llm_like_qkv(1, hq, hkv, L, L, d, seed=L + d, dtype=torch.float16, device=plan.device)
-            flops = 4.0 * hq * d * L * (L + 1) / 2
-            sdpa_ms = {}
-            kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
-            for name, backend in backends:
-                row = guarded(entry, f"{tag} sdpa[{name}]", lambda b=backend, name=name: {
-                    "mode": "prefill", "d": d, "L": L, "variant": f"sdpa[{name}]",
-                    "ms": (ms := bench_ms(plan, lambda: sdpa(q, kx, vx, causal=True, backend=b))),
-                    "tflops": flops / ms / 1e9})  # fmt: skip
-                if row:
-                    sdpa_ms[name] = row["ms"]
-            del kx, vx
-            base = sdpa_ms.get("default", min(sdpa_ms.values(), default=float("nan")))
-
-            def kernel(sf=0.0, count=False, c=None, q=q, k=k, v=v):
-                return ops.skip_softmax_attention(q, k, v, causal=True, scale_factor=sf, block_m=plan.block_m,
-                                                  block_n=plan.block_n, count_skips=count, config=c or cfg)  # fmt: skip
-
-            if cfg is None:
-                cfg = config.default_config(d, plan.block_m, plan.block_n, split=False)
-                if plan.tune:  # small warps/stages tune at the first length, reused for the others
-                    timed = []
-                    for c in (ops.KernelConfig(8, 3, False), ops.KernelConfig(8, 2, False), ops.KernelConfig(4, 3, False)):
-                        r = guarded(entry, f"{tag} tune w{c.num_warps}s{c.num_stages}", lambda c=c: {
-                            "mode": "prefill", "d": d, "L": L, "variant": "dense-tune", "config": vars(c),
-                            "ms": bench_ms(plan, lambda: kernel(c=c))})  # fmt: skip
-                        if r:
-                            timed.append((r["ms"], c))
-                    cfg = min(timed, key=lambda x: x[0])[1] if timed else cfg
-            dense = kernel()
-            dense_ms = bench_ms(plan, lambda: kernel())
-            entry["results"].append({"case": f"{tag} dense", "mode": "prefill", "d": d, "L": L, "variant": "dense",
-                                     "config": vars(cfg), "ms": dense_ms, "tflops": flops / dense_ms / 1e9,
-                                     "skip_ratio": 0.0, "speedup_vs_sdpa": base / dense_ms, "speedup_vs_dense": 1.0,
-                                     "rel_err_vs_sdpa": errors(dense.out, sdpa(q, k, v, causal=True))["rel_fro"]})  # fmt: skip
-            found = calibrate(plan, lambda sf: kernel(sf, count=True).skip_ratio, L)
-            for t, (sf, ratio) in found.items():
-
-                def skip_row(sf=sf, ratio=ratio, t=t, c=None) -> dict:
-                    out = kernel(sf, c=c).out
-                    ms = bench_ms(plan, lambda: kernel(sf, c=c))
-                    return {"mode": "prefill", "d": d, "L": L, "variant": f"skip~{t:.0%}" + (" V-in-branch" if c else ""),
-                            "scale_factor": sf, "skip_ratio": ratio, "ms": ms, "tflops": flops / ms / 1e9,
-                            "speedup_vs_sdpa": base / ms, "speedup_vs_dense": dense_ms / ms,
-                            "rel_err_vs_dense": errors(out, dense.out)["rel_fro"]}  # fmt: skip
-
-                guarded(entry, f"{tag} skip~{t:.0%}", skip_row)
-                if t == 0.75 and L == plan.lengths[min(1, len(plan.lengths) - 1)]:  # ablation: V load in the branch
-                    c_v = ops.KernelConfig(cfg.num_warps, cfg.num_stages, True)
-                    guarded(entry, f"{tag} skip~75% V-in-branch", lambda sf=sf, ratio=ratio: skip_row(sf, ratio, 0.75, c_v))
-            del q, k, v, dense
-            if plan.device == "cuda":
-                torch.cuda.empty_cache()
+            try:
+                prefill_case(entry, plan, ops, config, d, L, backends, tuned)
+            except Exception as exc:  # noqa: BLE001 - record it, go on with the next size
+                entry["results"].append({"case": tag, "error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc()[-2000:]})  # fmt: skip
+            _free(plan)
             report.rows(entry, tag)
             report.save()
 
 
-def section_decode(entry: dict, plan: Plan, report: Report, ops, config) -> None:
-    import torch
-    import torch.nn.functional as F
+def _free(plan: Plan) -> None:
+    if plan.device == "cuda":
+        import torch
 
-    b, (hq, hkv) = plan.decode_batch, plan.prefill_heads
-    sms = torch.cuda.get_device_properties(0).multi_processor_count if plan.device == "cuda" else 4
+        torch.cuda.empty_cache()
+
+
+def prefill_case(entry: dict, plan: Plan, ops, config, d: int, L: int, backends: list, tuned: dict) -> None:
+    import torch
+
+    hq, hkv = plan.prefill_heads
+    tag = f"prefill d{d} L{L}"
+    q, k, v = llm_like_qkv(1, hq, hkv, L, L, d, seed=L + d, dtype=torch.float16, device=plan.device)
+    flops = 4.0 * hq * d * L * (L + 1) / 2
+    sdpa_ms = {}
+    kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+    for name, backend in backends:
+        row = guarded(entry, f"{tag} sdpa[{name}]", lambda b=backend, name=name: {
+            "mode": "prefill", "d": d, "L": L, "variant": f"sdpa[{name}]",
+            "ms": (ms := bench_ms(plan, lambda: sdpa(q, kx, vx, causal=True, backend=b), graph=True)), "tflops": flops / ms / 1e9})  # fmt: skip
+        if row:
+            sdpa_ms[name] = row["ms"]
+    ref = sdpa(q, kx, vx, causal=True)
+    del kx, vx
+    base = sdpa_ms.get("default", min(sdpa_ms.values(), default=float("nan")))
+    best = min(sdpa_ms.values(), default=float("nan"))
+
+    def kernel(sf=0.0, count=False, c=None):
+        return ops.skip_softmax_attention(q, k, v, causal=True, scale_factor=sf, block_m=plan.block_m,
+                                          block_n=plan.block_n, count_skips=count, config=c or tuned["cfg"])  # fmt: skip
+
+    if "cfg" not in tuned:  # small warps/stages tune at the first length, reused for the others
+        tuned["cfg"] = config.default_config(d, plan.block_m, plan.block_n, decode=False)
+        timed = []
+        for c in (ops.KernelConfig(8, 3, 2), ops.KernelConfig(8, 2, 2), ops.KernelConfig(4, 3, 2)) if plan.tune else ():
+            r = guarded(entry, f"{tag} tune w{c.num_warps}s{c.num_stages}", lambda c=c: {
+                "mode": "prefill", "d": d, "L": L, "variant": "dense-tune", "config": vars(c),
+                "ms": bench_ms(plan, lambda: kernel(c=c), graph=True)})  # fmt: skip
+            if r:
+                timed.append((r["ms"], c))
+        tuned["cfg"] = min(timed, key=lambda x: x[0])[1] if timed else tuned["cfg"]
+    cfg = tuned["cfg"]
+    dense = kernel()
+    dense_ms = bench_ms(plan, lambda: kernel(), graph=True)
+    entry["results"].append({"case": f"{tag} dense", "mode": "prefill", "d": d, "L": L, "variant": "dense",
+                             "config": vars(cfg), "ms": dense_ms, "tflops": flops / dense_ms / 1e9, "skip_ratio": 0.0,
+                             "speedup_vs_sdpa": base / dense_ms, "speedup_vs_best_sdpa": best / dense_ms,
+                             "speedup_vs_dense": 1.0, "rel_err_vs_sdpa": errors(dense.out, ref)["rel_fro"]})  # fmt: skip
+    del ref
+    found = calibrate(plan, lambda sf: kernel(sf, count=True).skip_ratio, L)
+    for t, (sf, ratio) in found.items():
+
+        def skip_row(sf=sf, ratio=ratio, t=t, c=None) -> dict:
+            out = kernel(sf, c=c).out
+            ms = bench_ms(plan, lambda: kernel(sf, c=c), graph=True)
+            return {"mode": "prefill", "d": d, "L": L,
+                    "variant": f"skip~{t:.0%}" + (f" v_load={c.v_load}" if c else ""), "config": vars(c or cfg),
+                    "scale_factor": sf, "skip_ratio": ratio, "ms": ms, "tflops": flops / ms / 1e9,
+                    "speedup_vs_sdpa": base / ms, "speedup_vs_dense": dense_ms / ms,
+                    "rel_err_vs_dense": errors(out, dense.out)["rel_fro"]}  # fmt: skip
+
+        guarded(entry, f"{tag} skip~{t:.0%}", skip_row)
+        if t == 0.75 and L == plan.lengths[min(1, len(plan.lengths) - 1)]:  # ablation: where V is read
+            for v_load in sorted({0, 1, 2} - {cfg.v_load}):
+                c_v = ops.KernelConfig(cfg.num_warps, cfg.num_stages, v_load)
+                guarded(entry, f"{tag} skip~75% v_load={v_load}",
+                        lambda sf=sf, ratio=ratio, c_v=c_v: skip_row(sf, ratio, 0.75, c_v))  # fmt: skip
+
+
+def section_decode(entry: dict, plan: Plan, report: Report, ops, config) -> None:
     for d in plan.head_dims:
         for L in plan.lengths:
             tag = f"decode d{d} L{L}"
             if report.left() < 6:
                 entry["results"].append({"case": tag, "skipped": f"time budget ({report.left():.0f} s left)"})
                 continue
-            q, k, v = llm_like_qkv(b, hq, hkv, 1, L, d, seed=3 * L + d, dtype=torch.float16, device=plan.device)
-            splits = config.auto_num_splits(b * hq, L, plan.block_n, sms)
-            kv_bytes = 2 * k.numel() * k.element_size()
-
-            def kernel(sf=0.0, count=False, q=q, k=k, v=v, splits=splits):
-                return ops.skip_softmax_attention(q, k, v, causal=True, scale_factor=sf, block_m=plan.block_m,
-                                                  block_n=plan.block_n, num_splits=splits, count_skips=count)  # fmt: skip
-
-            kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
-            sdpa_ms = {}
-            for name, fn in (("gqa", lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)),
-                             ("expanded", lambda: F.scaled_dot_product_attention(q, kx, vx))):  # fmt: skip
-                row = guarded(entry, f"{tag} sdpa[{name}]", lambda fn=fn, name=name: {
-                    "mode": "decode", "d": d, "L": L, "variant": f"sdpa[{name}]",
-                    "ms": (ms := bench_ms(plan, fn, graph=True)), "gbps": kv_bytes / ms / 1e6})  # fmt: skip
-                if row:
-                    sdpa_ms[name] = row["ms"]
-            ref = F.scaled_dot_product_attention(q, kx, vx)
-            del kx, vx
-            base = min(sdpa_ms.values(), default=float("nan"))
-            dense = kernel()
-            dense_ms = bench_ms(plan, lambda: kernel(), graph=True)
-            entry["results"].append({"case": f"{tag} dense", "mode": "decode", "d": d, "L": L, "variant": "dense",
-                                     "num_splits": splits, "ms": dense_ms, "gbps": kv_bytes / dense_ms / 1e6,
-                                     "skip_ratio": 0.0, "speedup_vs_sdpa": base / dense_ms, "speedup_vs_dense": 1.0,
-                                     "rel_err_vs_sdpa": errors(dense.out, ref)["rel_fro"]})  # fmt: skip
-            found = calibrate(plan, lambda sf: kernel(sf, count=True).skip_ratio, L)
-            for t, (sf, ratio) in found.items():
-
-                def skip_row(sf=sf, ratio=ratio, t=t) -> dict:
-                    out = kernel(sf).out
-                    ms = bench_ms(plan, lambda: kernel(sf), graph=True)
-                    return {"mode": "decode", "d": d, "L": L, "variant": f"skip~{t:.0%}", "num_splits": splits,
-                            "scale_factor": sf, "skip_ratio": ratio, "ms": ms, "gbps": kv_bytes / ms / 1e6,
-                            "speedup_vs_sdpa": base / ms, "speedup_vs_dense": dense_ms / ms,
-                            "rel_err_vs_dense": errors(out, dense.out)["rel_fro"]}  # fmt: skip
-
-                guarded(entry, f"{tag} skip~{t:.0%}", skip_row)
-            del q, k, v, dense, ref
-            if plan.device == "cuda":
-                torch.cuda.empty_cache()
+            try:
+                decode_case(entry, plan, ops, config, d, L)
+            except Exception as exc:  # noqa: BLE001 - record it, go on with the next size
+                entry["results"].append({"case": tag, "error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc()[-2000:]})  # fmt: skip
+            _free(plan)
             report.rows(entry, tag)
             report.save()
+
+
+def decode_case(entry: dict, plan: Plan, ops, config, d: int, L: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    b, (hq, hkv) = plan.decode_batch, plan.prefill_heads
+    tag = f"decode d{d} L{L}"
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if plan.device == "cuda" else 4
+    q, k, v = llm_like_qkv(b, hq, hkv, 1, L, d, seed=3 * L + d, dtype=torch.float16, device=plan.device)
+    splits = config.auto_num_splits(b * hq, L, plan.block_n, sms)
+    kv_bytes = 2 * k.numel() * k.element_size()
+
+    def kernel(sf=0.0, count=False):
+        return ops.skip_softmax_attention(q, k, v, causal=True, scale_factor=sf, block_m=plan.block_m,
+                                          block_n=plan.block_n, num_splits=splits, count_skips=count)  # fmt: skip
+
+    kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+    sdpa_ms = {}
+    for name, fn in (("gqa", lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)),
+                     ("expanded", lambda: F.scaled_dot_product_attention(q, kx, vx))):  # fmt: skip
+        row = guarded(entry, f"{tag} sdpa[{name}]", lambda fn=fn, name=name: {
+            "mode": "decode", "d": d, "L": L, "variant": f"sdpa[{name}]",
+            "ms": (ms := bench_ms(plan, fn, graph=True)), "gbps": kv_bytes / ms / 1e6})  # fmt: skip
+        if row:
+            sdpa_ms[name] = row["ms"]
+    ref = F.scaled_dot_product_attention(q, kx, vx)
+    del kx, vx
+    base = min(sdpa_ms.values(), default=float("nan"))
+    dense = kernel()
+    dense_ms = bench_ms(plan, lambda: kernel(), graph=True)
+    entry["results"].append({"case": f"{tag} dense", "mode": "decode", "d": d, "L": L, "variant": "dense",
+                             "num_splits": splits, "ms": dense_ms, "gbps": kv_bytes / dense_ms / 1e6, "skip_ratio": 0.0,
+                             "speedup_vs_sdpa": base / dense_ms, "speedup_vs_dense": 1.0,
+                             "rel_err_vs_sdpa": errors(dense.out, ref)["rel_fro"]})  # fmt: skip
+    found = calibrate(plan, lambda sf: kernel(sf, count=True).skip_ratio, L)
+    for t, (sf, ratio) in found.items():
+
+        def skip_row(sf=sf, ratio=ratio, t=t) -> dict:
+            out = kernel(sf).out
+            ms = bench_ms(plan, lambda: kernel(sf), graph=True)
+            return {"mode": "decode", "d": d, "L": L, "variant": f"skip~{t:.0%}", "num_splits": splits,
+                    "scale_factor": sf, "skip_ratio": ratio, "ms": ms, "gbps": kv_bytes / ms / 1e6,
+                    "speedup_vs_sdpa": base / ms, "speedup_vs_dense": dense_ms / ms,
+                    "rel_err_vs_dense": errors(out, dense.out)["rel_fro"]}  # fmt: skip
+
+        guarded(entry, f"{tag} skip~{t:.0%}", skip_row)
 
 
 # ------------------------------------------------------------------------------------- summary
@@ -565,6 +601,7 @@ def summarize(report: Report) -> None:
     worst("prefill", "skip~75%", "speedup_vs_dense", 1.5)
     worst("decode", "dense", "speedup_vs_sdpa", None)
     worst("decode", "skip~75%", "speedup_vs_dense", None)
+    summary["cuda_graph_timing_fallbacks"] = {"count": len(GRAPH_FALLBACKS), "first": GRAPH_FALLBACKS[:3]}
     report.data["summary"] = summary
     print("== table", flush=True)
     for r in rows:

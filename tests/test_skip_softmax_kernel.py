@@ -12,8 +12,12 @@ fp32-vs-fp64 rounding of the scores cannot flip a decision and the counts must m
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # also set by conftest.py; Triton reads it at first import
 
@@ -204,6 +208,21 @@ def test_kernel_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm
     assert skipped == sorted(skipped) and 0 < skipped[-1] < 1
 
 
+@pytest.mark.parametrize("v_load", [0, 1, 2])
+def test_kernel_skip_decisions_do_not_depend_on_where_v_is_read(v_load):
+    from edgeattn.plugins.skip_softmax.ops import KernelConfig
+
+    q, k, v = make_qkv(1, 2, 1, 40, 90, 32, seed=9, dtype=torch.float16)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    opts = dict(causal=True, block_m=16, block_n=16)
+    (ln_lambda,) = thresholds(skip_margins(q64, k64, v64, **opts), quantiles=(0.6,))
+    sf = 90 * math.exp(ln_lambda)
+    got = kernel(q, k, v, scale_factor=sf, count_skips=True, config=KernelConfig(4, 2, v_load), **opts)
+    ref = skip_softmax_attention_reference(q64, k64, v64, scale_factor=sf, **opts)
+    assert torch.equal(got.tiles_skipped, ref.tiles_skipped) and int(ref.tiles_skipped.sum()) > 0
+    torch.testing.assert_close(got.out.double(), ref.out, atol=ATOL[torch.float16], rtol=ATOL[torch.float16])
+
+
 DECODE_CASES = [  # lq, lkv, hq, hkv, causal, num_splits
     (1, 200, 4, 1, True, 1),
     (1, 255, 4, 1, False, 4),
@@ -279,8 +298,31 @@ def test_kernel_refuses_what_it_cannot_run():
 def test_launch_settings():
     assert kernel_block_m(1, 128) == 16 and kernel_block_m(17, 128) == 32 and kernel_block_m(300, 128) == 128
     assert kernel_block_m(100, 64) == 64
-    assert auto_num_splits(32, 32768, 64, 132) == 9  # 32 programs -> ~2 waves on 132 SMs
+    assert auto_num_splits(32, 32768, 64, 132) == 17  # 32 programs -> ~4 per SM on 132 SMs
+    assert auto_num_splits(256, 32768, 64, 132) == 3
     assert auto_num_splits(1024, 32768, 64, 132) == 1
     assert auto_num_splits(4, 256, 64, 132) == 1  # 4 tiles: at least 4 per split
-    assert default_config(128, 128, 64, split=False).num_warps == 8
-    assert default_config(128, 16, 64, split=True).skip_v_load
+    assert default_config(128, 128, 64, decode=False).num_warps == 8
+    assert default_config(128, 16, 64, decode=True).v_load == 1
+    assert default_config(128, 128, 64, decode=False).v_load == 2
+
+
+def test_gpu_benchmark_script_runs_every_section_in_the_interpreter(tmp_path):
+    """benchmarks/gpu_attention.py gets one shot on a GPU machine: run all of its code paths here at
+    toy sizes (``--cpu-smoke``; the timings mean nothing) and check the JSON it writes."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_attention.py"
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(script), "--cpu-smoke", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {n: s["status"] for n, s in report["sections"].items()} == dict.fromkeys(
+        ("env", "correctness", "prefill", "decode"), "ok"
+    )
+    assert all(r["pass"] for r in report["sections"]["correctness"]["results"])
+    for name in ("prefill", "decode"):
+        rows = report["sections"][name]["results"]
+        assert rows and not [r for r in rows if "error" in r or "skipped" in r]
+        assert {r["variant"] for r in rows} >= {"dense", "skip~50%", "skip~75%", "skip~90%"}
+    assert {"prefill_dense_speedup_vs_sdpa_min", "prefill_skip~75%_speedup_vs_dense_min"} <= set(report["summary"])

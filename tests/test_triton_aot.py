@@ -12,11 +12,13 @@ import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from edgeattn.plugins.skip_softmax.aot import SkipSoftmaxBuild, parameter_order
 from edgeattn.plugins.triton_aot import TARGETS, AotBuildError, KernelParam, _check_param_order, compile_aot
 
 # Largest dynamic shared memory per block, CUDA C Programming Guide (compute capability 8.7 / 8.9 / 9.0).
@@ -86,11 +88,11 @@ def test_targets_have_the_documented_limits():
 
 @pytest.fixture(scope="module")
 def skip_softmax_builds(tmp_path_factory) -> dict[str, dict]:
-    """Every sm_87/89/90 x d64/d128 x prefill/decode x dense/skip fp16 build, with counters."""
+    """sm_87/89/90 x d64/d128 x prefill/decode, fp16, skip mode with counters (the most parameters;
+    the dense variants differ only in constants and are built by the worker test below)."""
     out = tmp_path_factory.mktemp("aot")
     run_compiled_python(
-        ["-m", "edgeattn.plugins.skip_softmax.aot", "--out", str(out), "--count-skips", "--scale-factor", "0", "10"],
-        out,
+        ["-m", "edgeattn.plugins.skip_softmax.aot", "--out", str(out), "--count-skips", "--scale-factor", "10"], out
     )
     records = {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     for record in records.values():
@@ -100,11 +102,11 @@ def skip_softmax_builds(tmp_path_factory) -> dict[str, dict]:
 
 
 def test_every_skip_softmax_variant_builds(skip_softmax_builds):
-    assert len(skip_softmax_builds) == 3 * 2 * 2 * 2
+    assert len(skip_softmax_builds) == 3 * 2 * 2
     for arch in (87, 89, 90):
         for d in (64, 128):
             assert f"prefill_d{d}_fp16_causal_sf10_m128n64_count.sm{arch}.json" in skip_softmax_builds
-            assert f"decode_d{d}_fp16_causal_dense_m128n64_s16_count.sm{arch}.json" in skip_softmax_builds
+            assert f"decode_d{d}_fp16_causal_sf10_m128n64_s16_count.sm{arch}.json" in skip_softmax_builds
 
 
 def test_ptx_targets_the_architecture_and_shared_memory_fits(skip_softmax_builds):
@@ -116,6 +118,8 @@ def test_ptx_targets_the_architecture_and_shared_memory_fits(skip_softmax_builds
             assert re.search(rf"\.entry\s+{k['kernel']}\s*\(", k["ptx"])
             assert 0 < k["shared_bytes"] <= SMEM_LIMIT[arch]
             assert k["block"] == [32 * k["num_warps"], 1, 1]
+            if arch == 90:  # Hopper builds are spill-free (sm_87/89 d128 prefill spill a few bytes: reported)
+                assert k["spill_bytes"] in (0, None)
             seen.add((arch, record["attributes"]["head_dim"], k["kernel"], k["shared_bytes"], k["num_stages"]))
     assert {a for a, *_ in seen} == {87, 89, 90}
 
@@ -142,6 +146,9 @@ def test_parameter_order_is_recorded_for_tensorrt(skip_softmax_builds):
             # The PTX entry takes exactly the recorded params plus Triton's hidden scratch pointers.
             entry = re.search(rf"\.entry\s+{k['kernel']}\s*\((.*?)\)", k["ptx"], re.S).group(1)
             assert len(re.findall(r"\.param\s", entry)) == len(names) + len(k["hidden_params"])
+        build = SkipSoftmaxBuild(**{f.name: record["attributes"][f.name] for f in fields(SkipSoftmaxBuild)})
+        recorded = {k["kernel"]: [p["name"] for p in k["params"]] for k in record["kernels"]}
+        assert recorded == {name: [p.name for p in ps] for name, ps in parameter_order(build).items()}
         fwd = record["kernels"][0]
         outputs = [p["name"] for p in fwd["params"] if p["role"] == "output"]
         assert outputs == (["Out", "Lse", "Counts"] if decode else ["Out", "Counts"])

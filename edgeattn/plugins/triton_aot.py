@@ -134,6 +134,9 @@ class AotKernel:
     their scratch sizes are checked to be 0, so a launcher may pass null (TensorRT does)."""
     constexprs: Mapping[str, Any] = field(default_factory=dict)
     triton_version: str = ""
+    registers: int | None = None
+    """Registers per thread and spilled bytes, from ``ptxas -v`` (None when ptxas was not found)."""
+    spill_bytes: int | None = None
 
     @property
     def block_threads(self) -> int:
@@ -153,6 +156,8 @@ class AotKernel:
             "grid": list(grid),
             "shared_bytes": self.shared_bytes,
             "max_shared_bytes": self.target.max_shared_bytes,
+            "registers": self.registers,
+            "spill_bytes": self.spill_bytes,
             "params": [
                 {"name": p.name, "type": p.type, "role": p.role, "divisible_by_16": p.divisible_by_16}
                 | ({"value": p.value} if p.value is not None else {})
@@ -202,6 +207,32 @@ def _ast_source(triton: ModuleType, fn: Any, signature: dict, constexprs: dict, 
         return ast_source(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     except TypeError:  # Triton < 3.2 spelled it `constants` and took hints differently
         return ast_source(fn=fn, signature=signature, constants=constexprs)
+
+
+def _ptxas_resources(ptx: str, target: AotTarget) -> tuple[int | None, int | None]:
+    """Registers per thread and spill bytes (stores + loads) reported by Triton's bundled ptxas."""
+    import subprocess
+    import tempfile
+
+    try:
+        from triton.backends.nvidia import compiler as nv
+
+        try:
+            tool = nv.get_ptxas(target.arch)  # Triton >= 3.6 picks ptxas by architecture
+        except TypeError:
+            tool = nv.get_ptxas()
+        with tempfile.TemporaryDirectory() as tmp:
+            src = f"{tmp}/k.ptx"
+            with open(src, "w") as f:
+                f.write(ptx)
+            arch = target.ptx_target
+            proc = subprocess.run([tool.path, f"-arch={arch}", "-v", src, "-o", f"{tmp}/k.cubin"],
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+    except Exception:  # noqa: BLE001 - a report, not a check: absent ptxas leaves it unknown
+        return None, None
+    regs = re.search(r"Used (\d+) registers", proc.stderr)
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", proc.stderr)]
+    return (int(regs.group(1)) if regs else None), (sum(spills) if regs else None)
 
 
 _ENTRY = re.compile(r"\.entry\s+([\w$]+)\s*\((.*?)\)", re.S)
@@ -271,6 +302,7 @@ def compile_aot(
             f"memory; sm_{arch} allows {target.max_shared_bytes} per block: try fewer stages or smaller tiles"
         )
     version = re.search(r"^\s*\.version\s+(\S+)", ptx, re.M)
+    registers, spill_bytes = _ptxas_resources(ptx, target)
     return AotKernel(
         kernel=meta.name,
         target=target,
@@ -284,4 +316,6 @@ def compile_aot(
         hidden_params=hidden,
         constexprs=dict(constexprs),
         triton_version=str(getattr(triton, "__version__", "")),
+        registers=registers,
+        spill_bytes=spill_bytes,
     )

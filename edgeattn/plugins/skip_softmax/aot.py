@@ -30,7 +30,7 @@ from typing import Any, Literal
 from ..triton_aot import TARGETS, AotBuildError, AotKernel, KernelParam, compile_aot
 from .config import default_config
 
-__all__ = ["SkipSoftmaxBuild", "build", "main"]
+__all__ = ["SkipSoftmaxBuild", "build", "main", "parameter_order", "write"]
 
 OP_NAME = "edgeattn.SkipSoftmaxAttention"
 _ONE_SPLIT = 1 << 30  # prefill: one split holds every key tile
@@ -107,7 +107,7 @@ def _fwd_constexprs(b: SkipSoftmaxBuild) -> dict[str, Any]:
         "BLOCK_N": b.block_n,
         "CAUSAL": b.causal,
         "USE_SKIP": use_skip,
-        "SKIP_V_LOAD": b.mode == "decode",
+        "V_LOAD": 1 if b.mode == "decode" else 2,
         "STORE_LSE": b.mode == "decode",
         "COUNT_SKIPS": b.count_skips,
         "UPCAST_DOT": False,
@@ -133,6 +133,14 @@ def _merge_params(b: SkipSoftmaxBuild) -> list[KernelParam]:
     ]
 
 
+def parameter_order(b: SkipSoftmaxBuild) -> dict[str, list[KernelParam]]:
+    """Runtime parameters of each kernel of a build, in launch order, without compiling anything."""
+    order = {"skip_softmax_attn_fwd": _fwd_params(b)}
+    if b.mode == "decode":
+        order["skip_softmax_merge_splits"] = _merge_params(b)
+    return order
+
+
 def _compile_fitting(fn: Any, params: list[KernelParam], consts: dict[str, Any], arch: int, warps: int,
                      stages: int, ptx_version: int | None) -> AotKernel:  # fmt: skip
     """Compile with the most pipeline stages (<= ``stages``) whose shared memory fits ``arch``."""
@@ -156,22 +164,25 @@ def build(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> 
     if b.mode == "decode" and b.decode_block_m > b.block_m:
         raise AotBuildError(f"decode_block_m ({b.decode_block_m}) must be <= block_m ({b.block_m})")
     bm = b.decode_block_m if b.mode == "decode" else b.block_m
-    cfg = default_config(b.head_dim, bm, b.block_n, split=b.mode == "decode", arch=arch)
+    cfg = default_config(b.head_dim, bm, b.block_n, decode=b.mode == "decode", arch=arch)
     fwd = _compile_fitting(kernel.skip_softmax_attn_fwd, _fwd_params(b), _fwd_constexprs(b), arch,
                            cfg.num_warps, cfg.num_stages, ptx_version)  # fmt: skip
     kernels = [(fwd, [f"cdiv(Lq,{bm})", "B*Hq", "S" if b.mode == "decode" else "1"])]
     if b.mode == "decode":
-        merge_consts = {"HEAD_DIM": b.head_dim, "BLOCK_R": b.decode_block_m, "BLOCK_S": min(8, b.num_splits)}
+        merge_consts = {"HEAD_DIM": b.head_dim, "BLOCK_R": 1, "BLOCK_S": min(8, 1 << (b.num_splits - 1).bit_length())}
         merge = compile_aot(kernel.skip_softmax_merge_splits, params=_merge_params(b), constexprs=merge_consts,
                             arch=arch, num_warps=4, num_stages=1, ptx_version=ptx_version)  # fmt: skip
-        kernels.append((merge, [f"cdiv(Lq,{b.decode_block_m})", "B*Hq", "1"]))
+        kernels.append((merge, ["Lq", "B*Hq", "1"]))
     n_q_tiles = f"cdiv(Lq,{bm})"
     s = "S" if b.mode == "decode" else "1"
     tensors = {"Q": "[B,Hq,Lq,D]", "K": "[B,Hkv,Lkv,D]", "V": "[B,Hkv,Lkv,D]", "Out": "[B,Hq,Lq,D]"}
+    requires = [
+        "tensors contiguous [B, H, L, D]; pointers 16-byte aligned (compiled with divisibility hints)",
+        "every tensor below 2**31 elements (int32 strides)",
+    ]
     if b.mode == "decode":
         tensors |= {"Partial": "[B,Hq,S,Lq,D] fp32", "Lse": "[B*Hq,S,Lq] fp32"}
-        if b.decode_block_m < b.block_m:
-            tensors["requires"] = f"Lq <= {b.decode_block_m}"
+        requires.append(f"Lq <= {b.decode_block_m} (one query tile; then the skips are those of block_m)")
     if b.count_skips:
         tensors["Counts"] = f"[B*Hq,{s},{n_q_tiles},2] int32 (tiles skipped, tiles visited)"
     return {
@@ -180,6 +191,7 @@ def build(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> 
         "attributes": asdict(b),
         "symbols": {"S": b.num_splits if b.mode == "decode" else 1},
         "tensors": tensors,
+        "requires": requires,
         "kernels": [k.launch_signature(grid) | {"ptx": k.ptx} for k, grid in kernels],
     }
 
@@ -231,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         record = json.loads(path.read_text())
                         for k in record["kernels"]:
                             print(f"sm_{arch} {b.name} {k['kernel']}: {k['ptx_target']} shared={k['shared_bytes']}"
-                                  f"/{k['max_shared_bytes']} warps={k['num_warps']} stages={k['num_stages']}")  # fmt: skip
+                                  f"/{k['max_shared_bytes']} warps={k['num_warps']} stages={k['num_stages']} "
+                                  f"regs={k['registers']} spills={k['spill_bytes']}")  # fmt: skip
     return 1 if failed else 0
 
 

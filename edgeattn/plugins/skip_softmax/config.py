@@ -16,23 +16,25 @@ class KernelConfig:
 
     num_warps: int
     num_stages: int
-    skip_v_load: bool
-    """Load V only for processed tiles (saves bandwidth; stalls the software pipeline)."""
+    v_load: int
+    """Where skip mode reads V (dense mode always loads it with K): 0 with K, 1 only for processed
+    tiles (skipped tiles save the bandwidth; the load is not prefetched), 2 one tile ahead into
+    registers (latency hidden; every visited tile is read)."""
 
 
-def default_config(head_dim: int, block_m: int, block_n: int, *, split: bool, arch: int = 90) -> KernelConfig:
+def default_config(head_dim: int, block_m: int, block_n: int, *, decode: bool, arch: int = 90) -> KernelConfig:
     """Settings for an H100/H200-class GPU (``arch`` 90), kept inside the shared memory of sm_87/89.
 
-    Prefill (``split=False``) is compute-bound: 8 warps for 128-row tiles (two Hopper warpgroups),
-    3 stages (2 when a 128-wide head would overflow the 99 KB of sm_86/89), V prefetched with K.
-    Decode (split) is bandwidth-bound: 4 warps, V loaded only for processed tiles.
+    Prefill is compute-bound: 8 warps for 128-row tiles (two Hopper warpgroups), 3 stages (2 when a
+    128-wide head would overflow the 99 KB of sm_86/89), V prefetched one tile ahead in skip mode.
+    Decode (a few query rows) is bandwidth-bound: 4 warps, V read only for processed tiles.
     """
-    if split:
-        return KernelConfig(num_warps=4, num_stages=3 if arch >= 90 else 2, skip_v_load=True)
+    if decode:
+        return KernelConfig(num_warps=4, num_stages=3 if arch >= 90 else 2, v_load=1)
     warps = 8 if block_m >= 128 else 4
     tile_bytes = 2 * head_dim * (block_m + 2 * block_n)  # Q + one stage of K and V, 16-bit
     stages = 3 if arch in (80, 87, 90) or tile_bytes * 2 <= 64 * 1024 else 2
-    return KernelConfig(num_warps=warps, num_stages=stages, skip_v_load=False)
+    return KernelConfig(num_warps=warps, num_stages=stages, v_load=2)
 
 
 def kernel_block_m(q_len: int, block_m: int) -> int:
@@ -47,14 +49,13 @@ def kernel_block_m(q_len: int, block_m: int) -> int:
 
 
 def auto_num_splits(programs: int, kv_len: int, block_n: int, num_sms: int, *, min_tiles: int = 4) -> int:
-    """Splits over the KV length so that about two waves of programs fill ``num_sms`` SMs.
+    """Splits over the KV length so that about four programs per SM are in flight (decode streams
+    K/V from memory and needs many loads outstanding to reach full bandwidth).
 
     ``programs`` is the unsplit program count (query tiles x batch x heads); each split keeps at
     least ``min_tiles`` key tiles. The count changes which tiles are skipped (each split restarts its
     running max): pass an explicit ``num_splits`` wherever results must be reproducible.
     """
     n_tiles = -(-kv_len // block_n)
-    if programs >= num_sms:
-        return 1
-    wanted = -(-2 * num_sms // max(programs, 1))
+    wanted = -(-4 * num_sms // max(programs, 1))
     return max(1, min(wanted, n_tiles // min_tiles))

@@ -1,8 +1,9 @@
 """Triton kernels for ``edgeattn.SkipSoftmaxAttention`` (BLASST skip-softmax flash attention).
 
 The tile walk, the skip rule and the tile counts are the ones of ``reference.py`` (read its
-docstring first); this file imports only triton so that GPU scripts can load it on a bare machine. Whether its
-kernels are compiled or interpreted is fixed by ``TRITON_INTERPRET`` when triton is first imported.
+docstring first). This file imports only triton, so GPU scripts can load it on a bare machine;
+whether its kernels are compiled or interpreted is fixed by ``TRITON_INTERPRET`` when triton is
+first imported.
 
 ``skip_softmax_attn_fwd`` — one program per (query tile, batch x query head, KV split):
     Q tile -> registers once; for each visited key tile: K tile -> QK^T (fp32 accumulate) -> tile
@@ -14,9 +15,12 @@ kernels are compiled or interpreted is fixed by ``TRITON_INTERPRET`` when triton
     The key tiles of a (query tile, split) run in two loops: first the tiles that need no mask
     (inside the key length and, when causal, wholly below the diagonal for every row), then the
     tail/diagonal tiles with the mask, so the common tile pays for no compares.
-    ``SKIP_V_LOAD`` puts the V load inside the processed branch (a skipped tile never reads V, which
-    is what saves bandwidth in decode); without it V is loaded with K, where the software pipeline
-    can prefetch it (prefill is compute-bound and the skip saves the exponentials and P @ V).
+    ``V_LOAD`` says where a skip-mode kernel reads V: 0 with K (the compiler sinks that load into
+    the processed branch anyway, where nothing prefetches it), 1 inside the processed branch (a
+    skipped tile never reads V: what saves bandwidth in decode), 2 one tile ahead into registers
+    (prefill: the load latency hides behind the current tile; skipped tiles are read anyway, which
+    a compute-bound prefill can afford). Dense mode always loads V with K, where Triton's software
+    pipeline prefetches both into shared memory.
 
 Parameter order follows TensorRT's AOT launch convention: input pointers, scalars, output pointers,
 then compile-time constants. The two floats (``sm_scale``, ``log2_scale_factor``) are runtime
@@ -40,9 +44,17 @@ def _attend_key_tiles(
     kv_len, qk_scale, log2_lambda,
     tile_lo, tile_hi, first_tile,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    USE_SKIP: tl.constexpr, SKIP_V_LOAD: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    USE_SKIP: tl.constexpr, V_LOAD: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     # Scores and maxima are in log2 units (scores * sm_scale * log2 e), so exp2 does the softmax.
+    # V_LOAD (see the module docstring): 0 with K, 1 in the processed branch, 2 one tile ahead.
+    PREFETCH: tl.constexpr = USE_SKIP and V_LOAD == 2
+    IN_BRANCH: tl.constexpr = USE_SKIP and V_LOAD == 1
+    if PREFETCH:
+        # Keys past this loop's last tile (or past kv_len) read as 0 and are never used.
+        v_limit = tl.minimum(kv_len, tile_hi * BLOCK_N)
+        cols = tile_lo * BLOCK_N + offs_n
+        v_next = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=cols[:, None] < v_limit, other=0.0)
     for j in range(tile_lo, tile_hi):
         cols = j * BLOCK_N + offs_n
         k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
@@ -52,7 +64,12 @@ def _attend_key_tiles(
             k = tl.load(k_ptrs, mask=cols[:, None] < kv_len, other=0.0)
         else:
             k = tl.load(k_ptrs)
-        if not SKIP_V_LOAD:
+        if PREFETCH:
+            # Register prefetch of the next V tile: its latency hides behind this tile's work, and
+            # a loop-carried value cannot be sunk into the branch below (which a plain load is).
+            v = v_next
+            v_next = tl.load(v_ptrs + BLOCK_N * stride_vn, mask=(cols[:, None] + BLOCK_N) < v_limit, other=0.0)
+        elif not IN_BRANCH:
             if MASKED:
                 v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
             else:
@@ -61,13 +78,14 @@ def _attend_key_tiles(
             qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             qk = tl.dot(q, tl.trans(k))
-        qk = qk * qk_scale
         if MASKED:
             valid = cols[None, :] < kv_len
             if CAUSAL:
                 valid = valid & (cols[None, :] <= row_pos[:, None])
             qk = tl.where(valid, qk, float("-inf"))
-        m_tile = tl.max(qk, 1)
+        # Raw scores stay unscaled: the row max is scaled (exact, qk_scale > 0), and only a
+        # processed tile pays for qk * qk_scale - m, one fused multiply-add per score.
+        m_tile = tl.max(qk, 1) * qk_scale
         process = True
         if USE_SKIP:
             # A row agrees to skip when the tile cannot carry softmax mass above lambda relative
@@ -76,7 +94,7 @@ def _attend_key_tiles(
             agree = (m_tile < m_i + log2_lambda) | (m_tile == float("-inf")) | row_pad
             process = (tl.sum(tl.where(agree, 0, 1), 0) > 0) | (j == first_tile)
         if process:
-            if SKIP_V_LOAD:
+            if IN_BRANCH:
                 if MASKED:
                     v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
                 else:
@@ -85,7 +103,7 @@ def _attend_key_tiles(
             # its place so that exp2(-inf - (-inf)) never makes NaN.
             m_new = tl.maximum(m_i, m_tile)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk - m_use[:, None])
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
@@ -111,7 +129,7 @@ def skip_softmax_attn_fwd(
     num_q_heads, kv_group, q_len, kv_len, tiles_per_split,
     Out, Lse, Counts,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, USE_SKIP: tl.constexpr, SKIP_V_LOAD: tl.constexpr,
+    CAUSAL: tl.constexpr, USE_SKIP: tl.constexpr, V_LOAD: tl.constexpr,
     STORE_LSE: tl.constexpr, COUNT_SKIPS: tl.constexpr, UPCAST_DOT: tl.constexpr = False,
 ):  # fmt: skip
     """Grid ``(cdiv(q_len, BLOCK_M), B * num_q_heads, n_splits)``.
@@ -121,8 +139,8 @@ def skip_softmax_attn_fwd(
     ``n_splits == 1``; otherwise fp32 partials ``[B, Hq, n_splits, q_len, HEAD_DIM]`` (split stride
     ``stride_os``). Lse (natural log, fp32) ``[B * Hq, n_splits, q_len]``; Counts (int32)
     ``[B * Hq, n_splits, n_query_tiles, 2]`` = (tiles skipped, tiles visited).
-    ``UPCAST_DOT`` multiplies in fp32 (exact for 16-bit products): only for the Triton 3.9
-    interpreter, whose dot cannot take bf16.
+    ``UPCAST_DOT`` multiplies in IEEE fp32: for fp32 inputs (no TF32), and for bf16 in the Triton
+    3.9 interpreter, whose dot cannot take bf16 (exact: 16-bit products fit in fp32).
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -171,12 +189,12 @@ def skip_softmax_attn_fwd(
     acc, l_i, m_i, n_skip = _attend_key_tiles(
         acc, l_i, m_i, n_skip, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, row_pos, row_pad,
         kv_len, qk_scale, log2_lambda, tile_lo, mid, tile_lo,
-        BLOCK_N, False, CAUSAL, USE_SKIP, SKIP_V_LOAD, UPCAST_DOT,
+        BLOCK_N, False, CAUSAL, USE_SKIP, V_LOAD, UPCAST_DOT,
     )  # fmt: skip
     acc, l_i, m_i, n_skip = _attend_key_tiles(
         acc, l_i, m_i, n_skip, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, row_pos, row_pad,
         kv_len, qk_scale, log2_lambda, mid, tile_hi, tile_lo,
-        BLOCK_N, True, CAUSAL, USE_SKIP, SKIP_V_LOAD, UPCAST_DOT,
+        BLOCK_N, True, CAUSAL, USE_SKIP, V_LOAD, UPCAST_DOT,
     )  # fmt: skip
 
     # Rows that processed no key (fully masked, or an empty split) write 0 and lse = -inf.

@@ -56,6 +56,27 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, bloc
             raise EdgeAttnError(f"{name} must be a power of two in [16, 256] (tensor-core tiles); got {size}")
 
 
+def _arch(x: torch.Tensor) -> int:
+    if x.device.type != "cuda":
+        return 90  # the interpreter: any settings do
+    major, minor = torch.cuda.get_device_capability(x.device)
+    return 10 * major + minor
+
+
+def _auto_splits(x: torch.Tensor, programs: int, kv_len: int, block_n: int) -> int:
+    """``num_splits=None``: split decode-sized calls on a GPU so that its SMs fill; else 1."""
+    if x.shape[2] > DECODE_MAX_QUERY_ROWS or x.device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    return auto_num_splits(programs, kv_len, block_n, sms)
+
+
+def _upcast_dot(dtype: torch.dtype, kernels: ModuleType) -> bool:
+    """fp32 inputs multiply in IEEE fp32 (not TF32, like torch's default matmul); bf16 does too in
+    the Triton interpreter, whose dot cannot take bf16 (exact: bf16 products fit in fp32)."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and is_interpreted(kernels.skip_softmax_attn_fwd))
+
+
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -77,7 +98,7 @@ def skip_softmax_attention(
 ) -> SkipSoftmaxResult:
     """BLASST skip-softmax attention with the Triton kernels (same semantics as the reference).
 
-    q ``[B, Hq, Lq, D]``, k/v ``[B, Hkv, Lkv, D]``; fp16/bf16 (fp32 accumulation) or fp32.
+    q ``[B, Hq, Lq, D]``, k/v ``[B, Hkv, Lkv, D]``; fp16/bf16 (fp32 accumulation) or fp32 (IEEE, no TF32).
     ``num_splits``: KV splits (flash-decoding); ``None`` picks one from the GPU size for calls with
     at most :data:`DECODE_MAX_QUERY_ROWS` query rows (1 otherwise). ``out``: an optional
     ``[B, Hq, Lq, D]`` tensor to write into. ``count_skips`` fills ``tiles_skipped``.
@@ -88,6 +109,8 @@ def skip_softmax_attention(
     kv_heads, kv_len = k.shape[1], k.shape[2]
     ln_lambda = _ln_lambda(scale_factor, kv_len)
     sm_scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    if not sm_scale > 0:
+        raise EdgeAttnError(f"scale must be > 0, got {scale}")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     if out is None:
         out = torch.empty_like(q)
@@ -99,27 +122,20 @@ def skip_softmax_attention(
 
     bm = kernel_block_m(q_len, block_m)
     n_q_tiles = -(-q_len // bm)
-    n_kv_tiles = -(-kv_len // block_n)
     if num_splits is None:
-        num_splits = 1
-        if q_len <= DECODE_MAX_QUERY_ROWS and q.device.type == "cuda":
-            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-            num_splits = auto_num_splits(batch * q_heads * n_q_tiles, kv_len, block_n, sms)
+        num_splits = _auto_splits(q, batch * q_heads * n_q_tiles, kv_len, block_n)
     per_split = kv_tiles_per_split(kv_len, block_n, num_splits)
-    splits = -(-n_kv_tiles // per_split)  # drop trailing empty splits
+    n_kv_tiles = -(-kv_len // block_n)
+    splits = -(-n_kv_tiles // per_split)  # trailing empty splits dropped
     if config is None:
-        arch = 90
-        if q.device.type == "cuda":
-            major, minor = torch.cuda.get_device_capability(q.device)
-            arch = 10 * major + minor
-        config = default_config(head_dim, bm, block_n, split=splits > 1, arch=arch)
+        config = default_config(head_dim, bm, block_n, decode=q_len <= DECODE_MAX_QUERY_ROWS, arch=_arch(q))
 
     dev = q.device
     dummy = torch.empty(1, dtype=torch.int32, device=dev)
     counts = torch.zeros(batch * q_heads, splits, n_q_tiles, 2, dtype=torch.int32, device=dev) if count_skips else dummy
-    if splits == 1:
+    if splits == 1:  # the kernel writes the output directly
         target, lse, o_strides = out, dummy, (out.stride(0), out.stride(1), 0, out.stride(2))
-    else:
+    else:  # fp32 partials and log-sum-exps per split, merged into out
         target = torch.empty(batch, q_heads, splits, q_len, head_dim, dtype=torch.float32, device=dev)
         lse = torch.empty(batch * q_heads, splits, q_len, dtype=torch.float32, device=dev)
         o_strides = (target.stride(0), target.stride(1), target.stride(2), target.stride(3))
@@ -137,13 +153,13 @@ def skip_softmax_attention(
             q_heads, q_heads // kv_heads, q_len, kv_len, per_split,
             target, lse, counts,
             HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
-            CAUSAL=bool(causal), USE_SKIP=use_skip, SKIP_V_LOAD=config.skip_v_load,
+            CAUSAL=bool(causal), USE_SKIP=use_skip, V_LOAD=config.v_load,
             STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
-            UPCAST_DOT=q.dtype == torch.bfloat16 and is_interpreted(kernels.skip_softmax_attn_fwd),
+            UPCAST_DOT=_upcast_dot(q.dtype, kernels),
             num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
         if splits > 1:
-            rows = min(16, 1 << (q_len - 1).bit_length())
+            rows = min(4, 1 << (q_len - 1).bit_length())  # one row per program for decode
             kernels.skip_softmax_merge_splits[(-(-q_len // rows), batch * q_heads)](
                 target, lse, q_heads, q_len, splits, out.stride(0), out.stride(1), out.stride(2), out,
                 HEAD_DIM=head_dim, BLOCK_R=rows, BLOCK_S=min(8, 1 << (splits - 1).bit_length()), num_warps=4,

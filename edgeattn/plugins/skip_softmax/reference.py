@@ -28,16 +28,17 @@ Skip rule (all in the softmax-logit domain, ``s = scale * q.k``)
     over the tiles processed before it in the same split (``-inf`` before the first). With
     ``lambda = scale_factor / Lkv`` (``Lkv`` the full key length, not the split's or the causal
     prefix's), the tile is skipped iff it is not the first visited tile of its split and every row
-    agrees: ``m~_r - m_r < ln(lambda)``, where a row with no valid key in the tile (or a padding row
-    past ``Lq``) always agrees and a row with a valid key but ``m_r = -inf`` never does.
+    agrees: ``m~_r - m_r < ln(lambda)`` (BLASST's ``exp(m~ - m) < lambda``), where a row with no valid
+    key in the tile (or a padding row past ``Lq``) always agrees and a row with a valid key but
+    ``m_r = -inf`` never does.
     ``scale_factor = 0`` gives ``ln(lambda) = -inf``: nothing is skipped (dense attention).
     A skipped tile contributes nothing: no exponentials, no row-sum update, no ``P @ V``, and the
     running max is left as it was. The output is therefore exactly softmax attention over the keys
     of the processed tiles.
 
 Margins
-    :func:`skip_margins` returns, per visited tile, ``max_r (m~_r - m_r)`` over agreeing-eligible rows
-    (``+inf`` for a split's first tile), from a dense walk. For ``lambda <= 1`` a skipped tile can
+    :func:`skip_margins` returns, per visited tile, ``max_r (m~_r - m_r)`` (``-inf`` for the rows that
+    always agree, ``+inf`` for a split's first tile), from a dense walk. For ``lambda <= 1`` a skipped tile can
     never have raised the running max, so the tile is skipped at ``lambda`` iff its margin is
     ``< ln(lambda)``: one dense walk gives the skip count for every threshold (calibration, and
     tests that keep thresholds away from rounding ties).
@@ -189,7 +190,7 @@ def _walk(
             l = torch.zeros(state_shape, dtype=cdtype, device=dev)
             acc = torch.zeros(*state_shape, head_dim, dtype=cdtype, device=dev)
         keys = torch.arange(j * block_n, min((j + 1) * block_n, kv_len), device=dev)
-        valid = row_valid[:, :, None] & (keys < kv_len)  # [n_q_tiles, block_m, n_keys]
+        valid = row_valid[:, :, None].expand(-1, -1, keys.numel())  # [n_q_tiles, block_m, n_keys]
         if causal:
             valid = valid & (keys[None, None, :] <= row_pos[:, :, None])
         visited = j < n_visited  # [n_q_tiles]
@@ -206,20 +207,34 @@ def _walk(
         total += visited
         skipped += skip
 
-        m_new = torch.maximum(m, m_tile)
-        m_use = torch.where(m_new == -math.inf, 0.0, m_new)
-        p = torch.exp(s - m_use[..., None])
-        alpha = torch.exp(m - m_use)
-        upd = process[..., None]  # [B, H, n_q_tiles, 1]
-        l = torch.where(upd, l * alpha + p.sum(-1), l)
-        acc = torch.where(upd[..., None], acc * alpha[..., None] + p @ vx[:, :, keys][:, :, None], acc)
-        m = torch.where(upd, m_new, m)
+        m, l, acc = _online_softmax(s, m_tile, vx[:, :, keys], m, l, acc, process)
 
     partial_out.append(_normalise(acc, l))
     partial_lse.append(_lse(m, l))
     out = _merge(partial_out, partial_lse)
     out = out.reshape(batch, q_heads, n_q_tiles * block_m, head_dim)[:, :, :q_len]
     return _Walk(out, skipped, total, margins)
+
+
+def _online_softmax(
+    s: torch.Tensor,
+    m_tile: torch.Tensor,
+    v_tile: torch.Tensor,
+    m: torch.Tensor,
+    l: torch.Tensor,
+    acc: torch.Tensor,
+    process: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One tile of the online softmax, applied where ``process`` ([B, H, n_q_tiles]) is set.
+    Rows without a valid key so far keep ``m = -inf``; exponents use 0 in its place (no NaN)."""
+    m_new = torch.maximum(m, m_tile)
+    m_use = torch.where(m_new == -math.inf, 0.0, m_new)
+    p = torch.exp(s - m_use[..., None])
+    alpha = torch.exp(m - m_use)
+    upd = process[..., None]  # [B, H, n_q_tiles, 1]
+    l = torch.where(upd, l * alpha + p.sum(-1), l)
+    acc = torch.where(upd[..., None], acc * alpha[..., None] + p @ v_tile[:, :, None], acc)
+    return torch.where(upd, m_new, m), l, acc
 
 
 def _normalise(acc: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
