@@ -112,6 +112,8 @@ def detect(model: ir.Model, component: str | None = None) -> Detection:
 
 def _first_match(model: ir.Model, container: Any, node: ir.Node, rules: list) -> Match | None:
     for rule, rewrite_rule in rules:
+        if not rule.may_match(node):
+            continue
         result = rewrite_rule.match(model, container, node)
         if result:
             facts = rule.plan(**result.bindings).facts
@@ -144,7 +146,9 @@ def _existing_site(node: ir.Node, position: int, where: str) -> Site:
     layer_text = node.metadata_props.get(LAYER_TAG)
     q_heads, kv_heads = attrs.get_int("q_num_heads", 0), attrs.get_int("kv_num_heads", 0)
     query = node.inputs[0] if node.inputs else None
-    head_size = query.shape[-1] if query is not None and query.shape is not None and len(query.shape) == 4 else None
+    last = query.shape[-1] if query is not None and query.shape is not None and len(query.shape) else None
+    head_size = last if query is not None and len(query.shape or ()) == 4 else (
+        last // q_heads if isinstance(last, int) and q_heads else None)
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     return Site(
         name=node.metadata_props.get(SITE_TAG) or node_label(node, position),

@@ -124,4 +124,4 @@ def call_facts(node: ir.Node, spec: OpSpec, opset: int) -> CallFacts:
             shape = value.shape
             inputs.append(InputFacts(True, len(shape) if shape is not None else None,
                                      int(value.dtype) if value.dtype is not None else None))
-    return CallFacts(attributes, tuple(inputs), opset)
+    return CallFacts(attributes, tuple(inputs), opset, outputs=len(node.outputs))

@@ -18,7 +18,7 @@ from edgeattn.errors import GraphError
 from edgeattn.graphs.apply import apply_match
 from edgeattn.graphs.assign import assign_op
 from edgeattn.graphs.detect import detect
-from edgeattn.graphs.io import MIN_IR_VERSION, ModelLike, as_model, save
+from edgeattn.graphs.io import MAX_IR_VERSION, MIN_IR_VERSION, ModelLike, as_model, save
 from edgeattn.graphs.lower import TARGETS, Target, lower
 from edgeattn.graphs.recipe import KEEP, Recipe
 from edgeattn.graphs.report import Rewritten, RewriteReport
@@ -74,7 +74,8 @@ def rewrite(
         rewritten.append(Rewritten(site.name, site.layer, site.dialect, site.rule, node.op_type, node.name or ""))
     lower(model, target, registry)
     _declare_used_domains(model)
-    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    # Overloads and node metadata need IR 10; onnxruntime 1.31 reads at most IR 13.
+    model.ir_version = min(max(model.ir_version, MIN_IR_VERSION), MAX_IR_VERSION)
     refused = tuple(item for item in detection.report.unmatched if item.attention)
     report = RewriteReport(tuple(rewritten), tuple(kept), refused, target, component, time.perf_counter() - started)
     return model, report

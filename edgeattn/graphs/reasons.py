@@ -13,7 +13,6 @@ from onnxscript.rewriter import pattern as orp
 from onnxscript.rewriter._basics import MatchStatus
 
 from edgeattn.graphs.rules import AttentionRule
-from edgeattn.graphs.rules.decomposed import DecomposedAttention
 
 _BETWEEN = {"Cast", "Where", "IsNaN", "Dropout", "Identity"}
 _SCORE_CHAIN = {"Mul", "Div", "Add", "Where", "Cast"}
@@ -34,17 +33,14 @@ class LastMatch(orp.MatchingTracer):
 
 
 def refusal_reasons(model: ir.Model, container: Any, node: ir.Node, rules: list, is_softmax: bool) -> list[str]:
-    if is_softmax:
-        anchors = list(_value_matmuls(node))
-        if not anchors:
-            return [NOT_ATTENTION]
-        candidates = [(rule, rr) for rule, rr in rules if isinstance(rule, DecomposedAttention)]
-    else:
-        anchors = [node]
-        candidates = [(rule, rr) for rule, rr in rules if not isinstance(rule, DecomposedAttention)]
+    anchors = list(_value_matmuls(node)) if is_softmax else [node]
+    if not anchors:
+        return [NOT_ATTENTION]
     reasons = []
-    for rule, rewrite_rule in candidates:
+    for rule, rewrite_rule in rules:
         for anchor in anchors:
+            if not rule.may_match(anchor):
+                continue
             tracer = LastMatch()
             rewrite_rule.match(model, container, anchor, tracer=tracer)
             reason = _explain(rule, tracer, node, anchor)
@@ -90,8 +86,8 @@ def _other_uses(nodes: Any, anchor: ir.Node) -> str:
     matched = set(nodes)
     for node in nodes:
         for value in node.outputs:
-            if node is anchor:
-                continue
+            if node is anchor and value is node.outputs[0]:
+                continue  # the site's own output
             outside = [user for user, _ in value.uses() if user not in matched]
             if value.is_graph_output() or outside:
                 where = "is a graph output" if value.is_graph_output() else f"is also read by {outside[0].op_type} '{outside[0].name}'"

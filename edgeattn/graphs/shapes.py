@@ -15,18 +15,27 @@ import onnx
 import onnx_ir as ir
 
 _BIG_TENSOR_BYTES = 1024
-_ATTENTION_OPS = {"Softmax", "MatMul", "Attention", "MultiHeadAttention"}
+_FUSED_OPS = {"Attention", "MultiHeadAttention"}
 
 
 def needs_shapes(model: ir.Model) -> bool:
-    """True when an input or output of a node that rules read has no shape or no type."""
+    """True when a value the rules read has no shape or type: the inputs of fused attention nodes, and,
+    when the graph has a Softmax, the inputs and outputs of its MatMul nodes. A graph already rewritten
+    (no Softmax, no fused attention) needs none."""
     for graph in model.graphs():
-        for node in graph:
-            if node.op_type not in _ATTENTION_OPS:
+        nodes = list(graph)
+        has_softmax = any(node.op_type == "Softmax" for node in nodes)
+        for node in nodes:
+            if node.domain == "edgeattn":
                 continue
-            for value in (*node.inputs, *node.outputs):
-                if value is not None and (value.shape is None or value.dtype is None):
-                    return True
+            if node.op_type in _FUSED_OPS:
+                values = list(node.inputs)
+            elif node.op_type == "MatMul" and has_softmax or node.op_type == "Softmax":
+                values = [*node.inputs, *node.outputs]
+            else:
+                continue
+            if any(v is not None and (v.shape is None or v.dtype is None) for v in values):
+                return True
     return False
 
 

@@ -49,7 +49,13 @@ def _attribute(attr: AttrSpec) -> onnx.defs.OpSchema.Attribute:
 
 
 def register_onnx_schemas(registry: Registry | None = None) -> list[str]:
-    """Register every op's schema with onnx once; returns the names newly registered."""
+    """Register every op's schema with onnx once; returns the names newly registered.
+
+    onnx.reference (imported by onnxscript) builds its op table at import time and refuses two ops of
+    one name in different domains (edgeattn.Attention next to ONNX Attention); it is imported first so
+    that table is built before these schemas exist."""
+    import onnx.reference.op_run  # noqa: F401  (see the docstring)
+
     added = []
     for op in registry or default_registry():
         if onnx.defs.has(op.name, op.version, op.domain):

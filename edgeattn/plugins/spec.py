@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
 AttrKind = Literal["int", "float", "string", "ints", "floats"]
-OpKind = Literal["attention"]
+OpKind = Literal["attention", "pruning", "select"]
 Target = Literal["ort", "trt"]
 
 DOMAIN = "edgeattn"
@@ -87,6 +87,7 @@ class CallFacts:
     attributes: Mapping[str, Any]
     inputs: tuple[InputFacts, ...]
     opset: int  # the model's default-domain opset: the function body imports exactly this one
+    outputs: int = 1  # outputs the node declares (a body has exactly as many: optional statistics)
 
 
 # A shape is a list of dims: int (static), str (symbolic) or None (unknown).

@@ -60,6 +60,7 @@ class AttentionRule(orp.RewriteRuleClassBase):
     """Pattern + plan. Subclasses define `pattern` and `plan`; this class does check and rewrite."""
 
     dialect = "attention"
+    root: tuple[str, str] = ("", "MatMul")  # (domain, op type) of the pattern's output node
 
     def __init__(self) -> None:
         super().__init__(name=type(self).__name__)
@@ -80,6 +81,11 @@ class AttentionRule(orp.RewriteRuleClassBase):
             inputs.pop()
         out = op.Attention(*inputs, _domain=EDGEATTN, **plan.attributes)
         return plan.finish(op, out) if plan.finish is not None else out
+
+    def may_match(self, node: ir.Node) -> bool:
+        """A cheap test before the pattern matcher: the node has the pattern's root op type."""
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        return (domain, node.op_type) == self.root
 
     def to_rule(self) -> orp.RewriteRule:
         return orp.RewriteRule(self.pattern, self.rewrite, self.check, name=self.name)

@@ -20,9 +20,6 @@ from edgeattn.graphs.rules.masks import MaskTerm, build_mask, check_fits, mask_k
 from edgeattn.graphs.rules.operands import Operand, read_key, read_key_value_heads, peel_scales
 from edgeattn.graphs.values import dims, rank, static_array, static_dim, static_scalar
 
-FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
-
-
 def _mask_step(op: Any, x: Any, add: Any, condition: Any, fill: Any, tag: str) -> Any:
     return orp.OrValue(
         [op.Add(x, add), op.Add(add, x), op.Where(condition, x, fill), op.Where(condition, fill, x), x],
@@ -58,7 +55,7 @@ class DecomposedAttention(AttentionRule):
         score_rank = rank(scores)
         _check_softmax_axis(softmax, score_rank)
         _check_guard_and_dropout(b)
-        qk_scale = _scale_after_product(b["scale_op"], b["qk_scale"])
+        qk_scale = _scale_after_product(b["scale_op"], b["qk_scale"], score_rank)
         terms = _mask_terms(b)
         check_fits(terms, scores)
         query, q_scale = peel_scales(b["q_in"])
@@ -94,7 +91,9 @@ class DecomposedAttention(AttentionRule):
 def _check_softmax_axis(softmax: ir.Node, score_rank: int | None) -> None:
     if score_rank is None:
         raise Refusal("the rank of the attention scores is unknown (no shape information)", softmax)
-    axis = softmax.attributes.get_int("axis", -1)
+    graph = softmax.graph
+    opset = graph.opset_imports.get("", 13) if isinstance(graph, ir.Graph) else 13
+    axis = softmax.attributes.get_int("axis", -1 if opset >= 13 else 1)  # the default changed in opset 13
     if axis not in (-1, score_rank - 1):
         raise Refusal(f"the Softmax is over axis {axis}, not the last (key) axis of rank-{score_rank} scores", softmax)
 
@@ -114,12 +113,12 @@ def _check_guard_and_dropout(b: dict[str, Any]) -> None:
                 raise Refusal("the Dropout after the Softmax may run in training mode", node)
 
 
-def _scale_after_product(scale_op: str, qk_scale: ir.Value | None) -> float:
+def _scale_after_product(scale_op: str, qk_scale: ir.Value | None, score_rank: int) -> float:
     if scale_op == "none":
         return 1.0
     number = static_scalar(qk_scale)
-    size = static_array(qk_scale)
-    if number is None or size is None or size.size != 1:
+    array = static_array(qk_scale)
+    if number is None or array is None or array.size != 1 or array.ndim > score_rank:
         raise Refusal("the scale after the Q·Kᵀ product is not a constant scalar", qk_scale)
     return number if scale_op == "mul" else 1.0 / number
 
@@ -131,10 +130,7 @@ def _mask_terms(b: dict[str, Any]) -> list[MaskTerm]:
         if kind == "add":
             terms.append(MaskTerm("add", b[f"add{step}"]))
         elif kind in ("keep", "drop"):
-            condition = b[f"cond{step}"]
-            if condition is None or condition.dtype not in (None, ir.DataType.BOOL):
-                raise Refusal("the Where mask's condition is not boolean", condition)
-            terms.append(where_term(kind, condition, b[f"fill{step}"]))
+            terms.append(where_term(kind, b[f"cond{step}"], b[f"fill{step}"]))
     return terms
 
 
@@ -146,11 +142,10 @@ def _key_value(key: Operand, value: ir.Value) -> tuple[Operand, ir.Value, int]:
 
 
 def _softmax_precision(pre_cast: ir.Value | None, query_type: ir.DataType | None) -> int:
+    """The type a Cast before the Softmax computes it in (0: Q's own type). ONNX Softmax takes floats only."""
     if pre_cast is None:
         return 0
     to = pre_cast.producer().attributes.get_int("to", 0)
-    if ir.DataType(to) not in FLOAT_TYPES:
-        raise Refusal(f"the Softmax is computed in the non-float type {ir.DataType(to).name}", pre_cast)
     return 0 if query_type is not None and to == int(query_type) else to
 
 

@@ -33,6 +33,7 @@ class OnnxAttention(AttentionRule):
     """ONNX `Attention` (opset 23 and 24), as the dynamo exporter writes SDPA."""
 
     dialect = "onnx-attention"
+    root = ("", "Attention")
 
     def pattern(self, op, query, key, value):
         return op.Attention(query, key, value, _allow_other_inputs=True, _outputs=["y"])
@@ -86,6 +87,7 @@ class MsAttention(AttentionRule):
     """`com.microsoft.Attention`: packed Q/K/V projection, then attention (onnxruntime's BERT fusion)."""
 
     dialect = "ms-attention"
+    root = (MS, "Attention")
 
     def pattern(self, op, x, weights):
         return op.Attention(x, weights, _domain=MS, _allow_other_inputs=True, _outputs=["y"])
@@ -175,6 +177,7 @@ class MsMultiHeadAttention(AttentionRule):
     """`com.microsoft.MultiHeadAttention` with separate 3-D Q, K, V (onnxruntime's MHA fusion)."""
 
     dialect = "ms-multihead-attention"
+    root = (MS, "MultiHeadAttention")
 
     def pattern(self, op, query):
         return op.MultiHeadAttention(query, _domain=MS, _allow_other_inputs=True, _outputs=["y"])

@@ -88,6 +88,8 @@ def variant_of(call: CallFacts) -> Variant:
     scale_from_head = "no" if float(attrs["scale"]) > 0 else "yes"
     if query.rank not in (3, 4):
         raise ValueError(f"Q has rank {query.rank}; edgeattn.Attention takes 3-D or 4-D inputs")
+    if query.rank == 3 and q_heads <= 0:
+        raise ValueError("3-D Q needs q_num_heads > 0 to split its heads")
     return Variant(call.opset, query.rank, mask, mask_cast, int(attrs["causal"]), gqa, scale_from_head, softmax_cast, dtype)
 
 
