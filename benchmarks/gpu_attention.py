@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""GPU check and benchmark of the skip-softmax (BLASST) Triton kernels — issue #6.
+"""GPU check and benchmark of the Triton attention kernels: skip-softmax (BLASST, issue #6),
+block-sparse attention with block selection, and visual-token pruning (issue #7).
 
 Needs a CUDA GPU, torch and triton, nothing else: it imports the kernel modules of this checkout
-(``edgeattn/plugins/skip_softmax/{kernel,ops,reference,config}.py`` and ``plugins/triton_aot.py``,
-which use only torch, triton and the standard library). Run from anywhere::
+(``edgeattn/plugins/skip_softmax/{kernel,ops,reference,config}.py``,
+``edgeattn/plugins/{block_sparse_kernels,token_kernels}/`` and ``plugins/triton_aot.py``, which use
+only torch, triton and the standard library; the block-sparse and token sections also compare
+with the registry references of their ops, which need nothing more where onnx is installed).
+Run from anywhere::
 
-    python benchmarks/gpu_attention.py                 # full run, about 2-3 minutes on an H200
+    python benchmarks/gpu_attention.py                 # full run, about 4-5 minutes on an H200
     python benchmarks/gpu_attention.py --quick         # L = 4k only
     OUT=/some/dir python benchmarks/gpu_attention.py   # JSON to $OUT/gpu_attention.json
     python benchmarks/gpu_attention.py --cpu-smoke     # every code path at toy sizes in the Triton
-                                                       # interpreter (no GPU; timings meaningless)
+                                                       # interpreter (no GPU; timings meaningless;
+                                                       # the skip-softmax sections unless --sections)
 
 Sections (each is wrapped: a failure is recorded in the JSON and the others still run; the JSON
 is rewritten after every section, and a time budget skips what would not fit):
@@ -27,6 +32,12 @@ is rewritten after every section, and a time budget skips what would not fit):
 3. ``decode``: one query row per sequence against a KV cache of 4k/16k/32k, B=8, same heads,
    split-K (``auto_num_splits``).
 
+4.-6. ``sparse_correctness``, ``block_sparse``, ``token_pruning``: see ``benchmarks/gpu_sparse.py``
+   (selection and block-sparse attention against the references; block-sparse prefill at ~50/25/10 %
+   density for L in {4k, 16k, 32k} against SDPA; token scores, top-k and HoloV for 576 and 2304
+   visual tokens). The time budget keeps a reserve for each later section, so the skip-softmax
+   sections cannot starve them.
+
 Times are medians of CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no host overhead,
 which would otherwise dominate the short calls; warm L2), falling back to ``do_bench``.
 
@@ -38,7 +49,8 @@ of its mass on the sinks and 10-15 % on its last 256 keys; in a CPU prototype at
 50 % of tiles skip near ln(lambda) = -4, 75 % near -3 and 90 % near -2.
 
 TFLOP/s counts the dense causal FLOPs (4 * Hq * D * L(L+1)/2), so skip rows show an effective rate.
-Targets (H100/H200): dense >= 80 % of SDPA at L >= 4k; skip at ~75 % >= 1.5x dense (prefill).
+Targets (H100/H200): dense >= 80 % of SDPA at L >= 4k; skip at ~75 % >= 1.5x dense (prefill);
+block-sparse at 10 % density and L = 32k, selection included, >= 5x SDPA.
 """
 
 from __future__ import annotations
@@ -53,7 +65,7 @@ import sys
 import time
 import traceback
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,12 +91,34 @@ class Plan:
     max_heads: int = 64  # caps correctness heads and batch (the CPU smoke shrinks them)
     max_batch: int = 64
     timer: str = "cuda"  # "wall" for the CPU smoke
+    sparse_lengths: tuple[int, ...] = (4096, 16384, 32768)  # block-sparse prefill (Hq/Hkv: prefill_heads)
+    sparse_head_dim: int = 128
+    sparse_block: int = 64
+    token_counts: tuple[int, ...] = (576, 2304)  # visual tokens (+ [CLS])
+    token_heads: int = 16
+    token_head_dim: int = 64
+    token_feature_dim: int = 4096
+
+
+SKIP_SECTIONS = ("correctness", "prefill", "decode")
+SPARSE_SECTIONS = ("sparse_correctness", "block_sparse", "token_pruning")
+RESERVE_S = {"sparse_correctness": 30.0, "block_sparse": 75.0, "token_pruning": 20.0}
+"""Seconds of the budget kept for each block-sparse/token section while earlier sections run."""
 
 
 def cpu_smoke_plan() -> Plan:
     return Plan(device="cpu", lengths=(200,), head_dims=(64,), prefill_heads=(2, 1), decode_batch=1,
                 block_m=32, block_n=32, grid_step=3.0, bisect=1, tune=False, correctness_scale=0.1,
-                max_heads=2, max_batch=1, timer="wall")  # fmt: skip
+                max_heads=2, max_batch=1, timer="wall", sparse_lengths=(64,), sparse_head_dim=32, sparse_block=16,
+                token_counts=(40,), token_heads=2, token_head_dim=32, token_feature_dim=24)  # fmt: skip
+
+
+def _stub_packages(names: tuple[str, ...]) -> None:
+    """Make ``names`` empty packages over this checkout's folders, so their ``__init__`` is not run."""
+    for name in names:
+        stub = types.ModuleType(name)
+        stub.__path__ = [str(ROOT / name.replace(".", "/"))]
+        sys.modules[name] = stub
 
 
 def load_kernel_modules() -> tuple[Any, Any, Any]:
@@ -95,12 +129,36 @@ def load_kernel_modules() -> tuple[Any, Any, Any]:
     except ImportError:  # a package __init__ needs something not installed here: bypass them
         for name in [n for n in sys.modules if n == "edgeattn" or n.startswith("edgeattn.")]:
             del sys.modules[name]
-        for name, rel in (("edgeattn", "edgeattn"), ("edgeattn.plugins", "edgeattn/plugins")):
-            stub = types.ModuleType(name)
-            stub.__path__ = [str(ROOT / rel)]
-            sys.modules[name] = stub
+        _stub_packages(("edgeattn", "edgeattn.plugins"))
         from edgeattn.plugins.skip_softmax import config, ops, reference
     return ops, reference, config
+
+
+def _import_leaf(module: str) -> Any:
+    """Import ``module``; if its package's ``__init__`` needs something missing, skip that ``__init__``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - e.g. the package __init__ wants onnx: import the module alone
+        package = module.rsplit(".", 1)[0]
+        sys.modules.pop(module, None)
+        sys.modules.pop(package, None)
+        _stub_packages((package,))
+        return importlib.import_module(module)
+
+
+def load_sparse_modules() -> types.SimpleNamespace:
+    """The block-sparse and token kernel wrappers, and the registry references they are checked against."""
+    load_kernel_modules()  # puts the checkout on sys.path (and stubs edgeattn's __init__ where needed)
+    return types.SimpleNamespace(
+        bs_ops=_import_leaf("edgeattn.plugins.block_sparse_kernels.ops"),
+        tk_ops=_import_leaf("edgeattn.plugins.token_kernels.ops"),
+        select_ref=_import_leaf("edgeattn.plugins.block_select.reference"),
+        sparse_ref=_import_leaf("edgeattn.plugins.block_sparse_attention.reference"),
+        score_ref=_import_leaf("edgeattn.plugins.token_score.reference"),
+        select_tok_ref=_import_leaf("edgeattn.plugins.token_select.reference"),
+    )
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -111,6 +169,7 @@ class Report:
         self.path = path
         self.t0 = time.time()
         self.budget_s = budget_s
+        self.reserved_s = 0.0  # kept for sections still to come
         self.printed: set[int] = set()
         self.data: dict[str, Any] = {
             "script": "benchmarks/gpu_attention.py",
@@ -120,7 +179,7 @@ class Report:
         }
 
     def left(self) -> float:
-        return self.budget_s - (time.time() - self.t0)
+        return self.budget_s - self.reserved_s - (time.time() - self.t0)
 
     def save(self) -> None:
         self.data["elapsed_s"] = round(time.time() - self.t0, 1)
@@ -584,7 +643,8 @@ def decode_case(entry: dict, plan: Plan, ops, config, d: int, L: int) -> None:
 
 def summarize(report: Report) -> None:
     sections = report.data["sections"]
-    rows = [r for name in ("prefill", "decode") for r in sections.get(name, {}).get("results", []) if "ms" in r]
+    rows = [r for name in ("prefill", "decode", "block_sparse", "token_pruning")
+            for r in sections.get(name, {}).get("results", []) if "ms" in r]  # fmt: skip
     summary: dict[str, Any] = {"correctness": sections.get("correctness", {}).get("status")}
 
     def worst(mode: str, variant: str, key: str, target: float | None) -> None:
@@ -601,6 +661,8 @@ def summarize(report: Report) -> None:
     worst("prefill", "skip~75%", "speedup_vs_dense", 1.5)
     worst("decode", "dense", "speedup_vs_sdpa", None)
     worst("decode", "skip~75%", "speedup_vs_dense", None)
+    if any(name in sections for name in SPARSE_SECTIONS) and "gpu_sparse" in sys.modules:
+        sys.modules["gpu_sparse"].summarize_sparse(report, summary)
     summary["cuda_graph_timing_fallbacks"] = {"count": len(GRAPH_FALLBACKS), "first": GRAPH_FALLBACKS[:3]}
     report.data["summary"] = summary
     print("== table", flush=True)
@@ -609,15 +671,57 @@ def summarize(report: Report) -> None:
     print("== summary\n" + json.dumps(summary, indent=1), flush=True)
 
 
+def run_sparse_sections(report: Report, plan: Plan, sections: list[str]) -> None:
+    """Sections 4-6 (``benchmarks/gpu_sparse.py``); each releases its reserve of the budget as it starts."""
+    todo = [name for name in SPARSE_SECTIONS if name in sections]
+    if not todo:
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import gpu_sparse
+    except Exception as exc:  # noqa: BLE001 - record it in each of its sections
+        failure = exc
+
+        def reraise(entry: dict) -> None:
+            raise failure
+
+        for name in todo:
+            report.section(name, reraise, 0)
+        return
+
+    tools = types.SimpleNamespace(bench_ms=bench_ms, guarded=guarded, errors=errors, sdpa=sdpa,
+                                  llm_like_qkv=llm_like_qkv, free=lambda: _free(plan))  # fmt: skip
+    mods: dict[str, Any] = {}
+
+    def loaded() -> types.SimpleNamespace:
+        if "ns" not in mods:
+            mods["ns"] = load_sparse_modules()
+        return mods["ns"]
+
+    runs = {
+        "sparse_correctness": (lambda e: gpu_sparse.section_sparse_correctness(e, plan, tools, loaded()), 10),
+        "block_sparse": (lambda e: gpu_sparse.section_block_sparse(e, plan, report, tools, loaded()), 15),
+        "token_pruning": (lambda e: gpu_sparse.section_token_pruning(e, plan, report, tools, loaded()), 5),
+    }
+    for name in todo:
+        report.reserved_s = max(0.0, report.reserved_s - RESERVE_S[name])
+        fn, need = runs[name]
+        report.section(name, fn, need)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default $OUT/gpu_attention.json)")
     parser.add_argument("--quick", action="store_true", help="L = 4k only")
     parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes on CPU in the Triton interpreter")
-    parser.add_argument("--budget", type=float, default=225.0, help="seconds; what would not fit is skipped")
-    parser.add_argument("--sections", nargs="+", default=["correctness", "prefill", "decode"])
+    parser.add_argument("--budget", type=float, default=285.0, help="seconds; what would not fit is skipped")
+    parser.add_argument("--sections", nargs="+", default=None, choices=[*SKIP_SECTIONS, *SPARSE_SECTIONS],
+                        help="default: all (--cpu-smoke: the skip-softmax ones)")
     args = parser.parse_args(argv)
-    plan = cpu_smoke_plan() if args.cpu_smoke else Plan(lengths=(4096,) if args.quick else Plan.lengths)
+    plan = cpu_smoke_plan() if args.cpu_smoke else Plan()
+    if args.quick and not args.cpu_smoke:
+        plan = replace(plan, lengths=(4096,), sparse_lengths=(4096,))
+    sections = args.sections or list(SKIP_SECTIONS if args.cpu_smoke else (*SKIP_SECTIONS, *SPARSE_SECTIONS))
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
     out = args.out or Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results") / "gpu_attention.json"
@@ -630,13 +734,15 @@ def main(argv: list[str] | None = None) -> int:
             print(report.data["error"], flush=True)
             return 1
         ops, reference, config = load_kernel_modules()
+        report.reserved_s = sum(RESERVE_S.get(name, 0.0) for name in sections)
         report.section("env", lambda e: section_env(e, plan), 0)
-        if "correctness" in args.sections:
+        if "correctness" in sections:
             report.section("correctness", lambda e: section_correctness(e, plan, ops, reference), 20)
-        if "prefill" in args.sections:
+        if "prefill" in sections:
             report.section("prefill", lambda e: section_prefill(e, plan, report, ops, config), 30)
-        if "decode" in args.sections:
+        if "decode" in sections:
             report.section("decode", lambda e: section_decode(e, plan, report, ops, config), 10)
+        run_sparse_sections(report, plan, sections)
         summarize(report)
     except Exception as exc:  # noqa: BLE001 - the JSON must still be written
         report.data["error"] = f"{type(exc).__name__}: {exc}"

@@ -29,3 +29,7 @@ class RecipeError(EdgeAttnError):
 
 class RuntimeUnavailableError(EdgeAttnError):
     """An optional runtime (TensorRT, Triton, a GPU) that the asked-for operation needs is missing."""
+
+
+class PruningError(GraphError):
+    """A pruning method, budget or parameter that does not fit the vision graph it is applied to."""

@@ -13,8 +13,19 @@ from edgeattn.cli.common import emit_json, json_option, progress
 @click.option("--opset", type=click.IntRange(17, 23), default=23, show_default=True, help="ONNX opset (17-23).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity check against PyTorch.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--prune", "prune", metavar="METHOD:K[,param=value...]",
+              help="Prune the visual tokens of the vision component to K (fastervlm, mean-received, holov, flashvlm, "
+                   "zeroth-order, random, uniform), e.g. fastervlm:64 or holov:64,regions=16.")
+@click.option("--rewrite", is_flag=True, help="Rewrite every attention site into edgeattn ops after export.")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe (TOML) for that rewrite; implies --rewrite.")
+@click.option("--target", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="Runtime the rewritten graphs are written for.")
+@click.option("--sparse", "sparse", multiple=True, metavar="METHOD[:k=v,...]",
+              help="Sparse attention for the decoder, e.g. block:keep=0.25,block=64 or window:size=1024,sinks=4 "
+                   "or blasst:scale_factor=10 (repeatable).")
 @json_option
-def export(model: str, out: str, opset: int, no_validate: bool, force: bool, as_json: bool) -> None:
+def export(model: str, out: str, opset: int, no_validate: bool, force: bool, prune: str | None, rewrite: bool,
+           recipe: str | None, target: str, sparse: tuple[str, ...], as_json: bool) -> None:
     """Export MODEL to ONNX components plus OUT/manifest.json.
 
     MODEL is a local Hugging Face folder (config.json + safetensors), demo:NAME (tiny random configs:
@@ -24,7 +35,15 @@ def export(model: str, out: str, opset: int, no_validate: bool, force: bool, as_
     """
     from edgeattn.exporter.api import ExportOptions, export_model
 
-    options = ExportOptions(opset=opset, validate=not no_validate, force=force)
+    from edgeattn.graphs.pruning import parse_prune
+
+    spec = parse_prune(prune) if prune else None  # a bad spec fails before anything is loaded
+    if sparse:
+        from edgeattn.graphs.sparse.flags import sparse_recipe
+
+        sparse_recipe(list(sparse))  # a bad flag fails before anything is loaded
+    options = ExportOptions(opset=opset, validate=not no_validate, force=force, prune=spec, rewrite=rewrite,
+                            recipe=recipe, target=target, sparse=sparse)
     manifest = export_model(model, out, options, step=lambda text: progress(text, enabled=not as_json))
     if as_json:
         emit_json({"out": out, **manifest})
@@ -34,6 +53,10 @@ def export(model: str, out: str, opset: int, no_validate: bool, force: bool, as_
         worst = _worst_error(manifest, name)
         check = f"max rel error {worst:.2e}" if worst is not None else "not validated"
         click.echo(f"  {comp['file']:<14} {check}")
+    if manifest.get("pruning"):
+        p = manifest["pruning"]
+        click.echo(f"  pruned: {p['method']} keeps {p['k']} of {p['tokens_before']} visual tokens"
+                   + (f" (attention layer {p['layer']})" if p["layer"] is not None else ""))
     if manifest.get("note"):
         click.echo(f"note: {manifest['note']}")
 

@@ -10,6 +10,10 @@ import click
 from edgeattn.cli.common import emit_json, json_option, progress
 from edgeattn.errors import GraphError
 
+SKIP_SOFTMAX_NOTE = ("SkipSoftmaxAttention runs its exact function body in onnxruntime, which computes every "
+                     "score (there is no tile-skipping kernel for onnxruntime); the skipping happens in the "
+                     "TensorRT plugin's GPU kernel")
+
 _component_option = click.option(
     "--component", default=None, help="Component the model is (decoder, encoder, vision ...); default: the file stem."
 )
@@ -22,12 +26,23 @@ _component_option = click.option(
 def inspect(model: Path, component: str | None, as_json: bool) -> None:
     """List the attention sites, edgeattn ops and unmatched Softmax nodes of MODEL."""
     from edgeattn.graphs import find_sites, load
+    from edgeattn.graphs.sparse.lower_ort import lowered_sites
 
-    report = find_sites(load(model), component or model.stem)
+    loaded = load(model)
+    report = find_sites(loaded, component or model.stem)
+    lowered = lowered_sites(loaded)
+    from edgeattn.graphs.pruning import pruning_nodes
+
+    pruning = pruning_nodes(loaded)
+    notes = [SKIP_SOFTMAX_NOTE] if "SkipSoftmaxAttention" in report.edgeattn_ops else []
     if as_json:
-        emit_json({"model": str(model), **report.to_json()})
+        emit_json({"model": str(model), **report.to_json(), "lowered": lowered, "pruning": pruning, "notes": notes})
         return
     _print_inspect(model, report)
+    _print_lowered(lowered)
+    _print_pruning(pruning)
+    for note in notes:
+        click.echo(f"note: {note}")
 
 
 @click.command()
@@ -38,12 +53,30 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
               help="ort: function bodies for onnxruntime; trt: TensorRT plugin nodes (bodies as fallback).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Write weights to OUT.data; default: as the input did, or when too large for one file.")
+@click.option("--sparse", "sparse", multiple=True, metavar="METHOD[:k=v,...]",
+              help="Sparse attention for the sites (repeatable, after --recipe): block:keep=0.25,block=64, "
+                   "window:size=1024,sinks=64, blasst:scale_factor=10, dense; each takes layers=, name=, heads=.")
+@click.option("--lowering", type=click.Choice(["fast", "function"]), default=None,
+              help="ort: fast replaces the sites it can by graphs that compute less (exact); function keeps "
+                   "every op with its function body. Default: fast with --sparse, function without.")
+@click.option("--prune", "prune", metavar="METHOD:K[,param=value...]",
+              help="Also prune the visual tokens of this vision-encoder graph to K (fastervlm, mean-received, holov, "
+                   "flashvlm, zeroth-order, random, uniform), as `export --prune` does.")
 @_component_option
 @json_option
 def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
-            component: str | None, as_json: bool) -> None:
+            sparse: tuple[str, ...], lowering: str | None, prune: str | None, component: str | None,
+            as_json: bool) -> None:
     """Rewrite the attention sites of IN into edgeattn ops and write OUT."""
     import dataclasses
+
+    if prune is not None:
+        _rewrite_and_prune(source, destination, recipe, target, external_data, prune, bool(sparse), component, as_json)
+        return
+    if sparse or lowering == "fast":
+        _rewrite_sparse(source, destination, recipe, target, external_data, sparse, lowering or "fast",
+                        component, as_json)
+        return
 
     from edgeattn.graphs import load, rewrite as rewrite_model, save
     from edgeattn.graphs.lower import edgeattn_nodes
@@ -62,6 +95,97 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
                f"in {report.seconds:.2f} s, {len(report.kept)} kept, {len(report.refused)} refused")
     for item in report.refused:
         click.echo(f"  refused {item.node} ({item.op_type}): {item.reasons[0]}")
+
+
+def _rewrite_sparse(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
+                    sparse: tuple[str, ...], lowering: str, component: str | None, as_json: bool) -> None:
+    from edgeattn.graphs import load, save
+    from edgeattn.graphs.sparse.api import sparsify
+    from edgeattn.graphs.sparse.flags import parse_sparse_flag
+
+    for flag in sparse:  # flag errors before the model is read
+        parse_sparse_flag(flag)
+    with progress(f"rewriting {source.name}", enabled=not as_json):
+        model = load(source)
+        opset = model.opset_imports.get("", 0)
+        model, report = sparsify(model, sparse, recipe, target=target, lowering=lowering,  # type: ignore[arg-type]
+                                 component=component or source.stem)
+        if not report.rewrite.rewritten and not report.lowered:
+            _no_sites(source, opset, report.rewrite)
+        output = str(save(model, destination, external_data=external_data))
+    if as_json:
+        emit_json({**report.to_json(), "output": output})
+        return
+    click.echo(f"{destination}: {len(report.rewrite.rewritten)} sites rewritten for {target} in "
+               f"{report.seconds:.2f} s, {len(report.causal_sites)} causal masks made explicit")
+    counts: dict[tuple[str, str], int] = {}
+    for item in report.lowered:
+        counts[(item.op, item.lowering)] = counts.get((item.op, item.lowering), 0) + 1
+    for (op, kind), count in counts.items():
+        reason = next((i.reason for i in report.lowered if (i.op, i.lowering) == (op, kind) and i.reason), None)
+        click.echo(f"  {count} x {op}: {kind}" + (f" ({reason})" if reason else ""))
+    for item in report.rewrite.refused:
+        click.echo(f"  refused {item.node} ({item.op_type}): {item.reasons[0]}")
+
+
+_ALWAYS_SHOWN = ("causal", "layout", "block_size", "keep", "window", "sinks")
+
+
+def _differs(defaults: dict[str, Any], key: str, value: Any) -> bool:
+    if key not in defaults:
+        return False
+    default = defaults[key]
+    return (list(default) if isinstance(default, tuple) else default) != value
+
+
+def _print_lowered(lowered: list[dict[str, Any]]) -> None:
+    """Sites replaced by an onnxruntime lowering: op, lowering and the parameters that differ from defaults."""
+    if not lowered:
+        return
+    from edgeattn.plugins.registry import default_registry
+
+    registry = default_registry()
+    click.echo(f"{len(lowered)} sites lowered for onnxruntime:")
+    for site in lowered:
+        defaults = registry.get(site["op"]).defaults() if site["op"] in registry.names() else {}
+        shown = {k: v for k, v in site["attributes"].items() if k in _ALWAYS_SHOWN or _differs(defaults, k, v)}
+        layer = "-" if site.get("layer") is None else site["layer"]
+        click.echo(f"  layer {layer} {site['site']}: {site['op']} -> {site['lowering']} {shown}")
+
+
+def _rewrite_and_prune(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
+                       prune: str, sparse: bool, component: str | None, as_json: bool) -> None:
+    """The attention rewrite, then the pruning pass (edgeattn.graphs.pruning) on the vision graph."""
+    from edgeattn.errors import PruningError
+    from edgeattn.graphs import load, rewrite as rewrite_model, save
+    from edgeattn.graphs.pruning import parse_prune
+    from edgeattn.graphs.pruning import prune as prune_model
+
+    spec = parse_prune(prune)  # spec errors before the model is read
+    if sparse:
+        raise PruningError("--prune and --sparse are separate passes; rewrite with --sparse, then prune its output")
+    with progress(f"rewriting and pruning {source.name}", enabled=not as_json):
+        model, report = rewrite_model(load(source), recipe, target, component=component or source.stem)  # type: ignore[arg-type]
+        model, pruned = prune_model(model, spec, target, where=source.name)  # type: ignore[arg-type]
+        output = str(save(model, destination, external_data=external_data))
+    if as_json:
+        emit_json({**report.to_json(), "output": output, "pruning": pruned.to_json()})
+        return
+    layer = f" at attention layer {pruned.layer}" if pruned.layer is not None else ""
+    click.echo(f"{destination}: {len(report.rewritten)} sites rewritten for {target}; {spec.method} keeps "
+               f"{pruned.k} of {pruned.tokens} tokens{layer}; outputs {pruned.output} and kept_indices")
+
+
+def _print_pruning(rows: list[dict[str, Any]]) -> None:
+    """The pruning ops and their budgets (a budget read from an input is shown with its default)."""
+    for row in rows:
+        if row["op"] == "TokenScore":
+            layer = f" at layer {row['layer']}" if row.get("layer") is not None else ""
+            click.echo(f"pruning: {row['node']} TokenScore source={row['source']}{layer}")
+        else:
+            budget = (f"k from input {row['k_input']} (default {row['k_default']})" if row["k_input"]
+                      else f"k={row['k']}")
+            click.echo(f"pruning: {row['node']} TokenSelect mode={row['mode']} {budget}")
 
 
 def _no_sites(source: Path, opset: int, report: Any) -> None:

@@ -16,8 +16,10 @@ from edgeattn.cli.common import emit_json, json_option
 @click.option("--image", type=click.Path(), help="Image file for a VLM or a vision encoder.")
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("--image-tokens", type=int, help="Visual tokens to keep, for a pruned export with a run-time budget (dynamic=1).")
 @json_option
-def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens: int, threads: int | None, as_json: bool) -> None:
+def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens: int, threads: int | None,
+        image_tokens: int | None, as_json: bool) -> None:
     """Generate greedily from a decoder LM or VLM folder, or embed with an encoder folder.
 
     Prints the text, the time to first token (vision + embed + prefill) and the mean time per
@@ -28,7 +30,7 @@ def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens
     manifest = read_manifest(folder)
     family = manifest["family"]
     if family in ("decoder", "vlm"):
-        result = _generate(Path(folder), manifest, prompts, image, max_new_tokens, threads)
+        result = _generate(Path(folder), manifest, prompts, image, max_new_tokens, threads, image_tokens)
     elif family == "encoder":
         result = _embed(Path(folder), manifest, prompts)
     else:
@@ -49,7 +51,7 @@ def _tokenizer(folder: Path, manifest: dict[str, Any]) -> Any:
     return AutoTokenizer.from_pretrained(folder / manifest["tokenizer"])
 
 
-def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads) -> dict[str, Any]:
+def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, image_tokens=None) -> dict[str, Any]:
     from edgeattn.errors import EdgeAttnError
     from edgeattn.runtime.generate import DecoderRunner
     from edgeattn.runtime.images import load_image, pixel_values
@@ -64,8 +66,11 @@ def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads) -
         if manifest["family"] != "vlm":
             raise EdgeAttnError("--image needs a VLM export; this folder holds a text-only decoder")
         pixels = pixel_values(load_image(image), manifest["vision"])
-        ids = [manifest["image_token_id"]] * manifest["image_token_count"] + ids
-    gen = runner.generate(ids, max_new_tokens, pixels)
+        count = image_tokens if image_tokens is not None else manifest["image_token_count"]
+        ids = [manifest["image_token_id"]] * count + ids
+    elif image_tokens is not None:
+        raise EdgeAttnError("--image-tokens needs --image")
+    gen = runner.generate(ids, max_new_tokens, pixels, num_tokens=image_tokens)
     return {
         "tokens": gen.tokens,
         "text": tokenizer.decode(gen.tokens, skip_special_tokens=True),

@@ -11,10 +11,12 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from edgeattn import __version__
+from edgeattn.errors import ExportError
 from edgeattn.exporter import manifest as mf
 from edgeattn.exporter.capture import DEFAULT_OPSET, capture
 from edgeattn.exporter.components import Component, components_for
 from edgeattn.exporter.files import save_onnx, staged_folder
+from edgeattn.exporter.rewrite_step import rewrite_components
 from edgeattn.exporter.sources import LoadedModel, load_model
 from edgeattn.exporter.validate import validate_component
 
@@ -26,6 +28,11 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     validate: bool = True
     force: bool = False
+    prune: Any = None  # a graphs.pruning.PruneSpec: prune the vision component (`export --prune`)
+    rewrite: bool = False  # rewrite every attention site into edgeattn ops (`export --rewrite`)
+    recipe: str | None = None  # a recipe file for that rewrite (implies rewrite)
+    target: str = "ort"  # what the rewritten graphs are lowered for: "ort" or "trt"
+    sparse: tuple[str, ...] = ()  # `--sparse` flags for the decoder (rewritten and lowered for onnxruntime)
 
 
 def _no_progress(_: str) -> ContextManager[None]:
@@ -42,14 +49,37 @@ def export_model(
             loaded = load_model(model) if isinstance(model, str) else model
         manifest = base_manifest(loaded, options)
         components = components_for(loaded)
+        if options.prune is not None and not any(c.name == "vision" for c in components):
+            raise ExportError(f"--prune prunes visual tokens, but {loaded.name} ({loaded.family}) has no vision "
+                              "component; give a VLM or a vision encoder")
         for component in components:
             manifest["components"][component.name] = export_component(component, stage, options, step, manifest)
         add_family_info(manifest, loaded, {c.name: c for c in components})
+        if options.prune is not None:
+            prune_exported(manifest, {c.name: c for c in components}, stage, options, step)
+        if options.rewrite or options.recipe:
+            manifest["rewrite"] = rewrite_components(
+                manifest, {c.name: c for c in components}, stage, options.recipe, options.target,
+                options.validate, step, skip=("decoder",) if options.sparse else (),
+            )
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(stage / "tokenizer")
             manifest["tokenizer"] = "tokenizer"
         mf.write_manifest(stage, manifest)
+        if options.sparse:
+            manifest = sparsify_exported(stage, options, step)
     return manifest
+
+
+def sparsify_exported(stage: Path, options: ExportOptions, step: Step) -> dict[str, Any]:
+    """Make the decoder's attention sparse (`--sparse`) in the staged folder; returns the new manifest."""
+    from edgeattn.graphs.sparse.api import sparsify_folder
+
+    if "decoder" not in mf.read_manifest(stage)["components"]:
+        raise ExportError("--sparse makes a decoder's attention sparse, but this model has no decoder component")
+    with step(f"sparsify decoder.onnx ({' '.join(options.sparse)})"):
+        sparsify_folder(stage, None, options.sparse, options.recipe)
+    return mf.read_manifest(stage)
 
 
 def export_component(
@@ -68,6 +98,19 @@ def export_component(
             manifest["validation"][component.name] = validate_component(component, stage / component.file)
         entry["validate_seconds"] = round(time.perf_counter() - start, 3)
     return entry
+
+
+def prune_exported(manifest: dict[str, Any], components: dict[str, Component], stage: Path, options: ExportOptions,
+                   step: Step) -> None:
+    from edgeattn.exporter.pruning import prune_vision, update_manifest
+    from edgeattn.graphs.pruning import parse_prune
+
+    spec = parse_prune(options.prune) if isinstance(options.prune, str) else options.prune
+    with step(f"prune vision.onnx ({spec.text()})"):
+        record, checks = prune_vision(components["vision"], stage, spec, options.validate)
+    update_manifest(manifest, record, stage, components["vision"])
+    if manifest.get("validation") is not None:
+        manifest["validation"]["vision_pruned"] = checks["cases"]
 
 
 def base_manifest(loaded: LoadedModel, options: ExportOptions) -> dict[str, Any]:

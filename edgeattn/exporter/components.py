@@ -61,8 +61,9 @@ def _vlm_family(loaded: LoadedModel) -> list[Component]:
         cfg.vision_feature_select_strategy,
     )
     text_cfg = cfg.text_config
+    size = int(loaded.image_preprocess["image_size"]) if loaded.image_preprocess else int(cfg.vision_config.image_size)
     return [
-        vision_component(vision, int(cfg.vision_config.image_size)),
+        vision_component(vision, size),
         embed_component(model.get_input_embeddings(), text_cfg),
         decoder_component(model.model.language_model, model.lm_head, model.get_input_embeddings(), text_cfg),
     ]

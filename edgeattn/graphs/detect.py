@@ -34,6 +34,9 @@ RULE_TAG = "edgeattn.rule"
 SITE_TAG = "edgeattn.site"
 LAYER_TAG = "edgeattn.layer"
 DIALECT_TAG = "edgeattn.dialect"
+# On the standard-op nodes an onnxruntime lowering wrote for a site (JSON: site, op, lowering,
+# attributes): they are that site's implementation, not new sites.
+LOWERED_TAG = "edgeattn.lowered"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ def detect(model: ir.Model, component: str | None = None) -> Detection:
             if node.domain == EDGEATTN:
                 edgeattn_nodes.append(_edgeattn_node(node, position))
                 found.append((order, _existing_site(node, position, where), node))
+                continue
+            if LOWERED_TAG in node.metadata_props:
                 continue
             match = _first_match(model, container, node, rules)
             if match is not None:
@@ -190,7 +195,7 @@ def _unmatched(model: ir.Model, covered: set[ir.Node], rules: list) -> Iterator[
     for container in containers(model):
         where = graph_name(container, model)
         for position, node in enumerate(container):
-            if node in covered:
+            if node in covered or LOWERED_TAG in node.metadata_props:
                 continue
             is_softmax = node.op_type == "Softmax" and node.domain in ("", "ai.onnx")
             if not is_softmax and (node.domain, node.op_type) not in FUSED_ATTENTION:

@@ -15,7 +15,10 @@ from typing import Iterator
 from edgeattn.plugins.spec import DOMAIN, OpSpec
 
 # Op packages, in the order `edgeattn ops` lists them.
-OP_PACKAGES: tuple[str, ...] = ("attention",)
+OP_PACKAGES: tuple[str, ...] = (
+    "attention", "token_score", "token_select",
+    "skip_softmax_attention", "block_select", "block_sparse_attention",
+)
 
 # The attribute kinds a TensorRT plugin field can hold (PluginField: ints, floats, chars and 1-D arrays).
 TRT_ATTRIBUTE_KINDS = frozenset({"int", "float", "string", "ints", "floats"})

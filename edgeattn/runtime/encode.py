@@ -31,6 +31,13 @@ def encode_texts(folder: Path, manifest: dict[str, Any], tokenizer: Any, texts: 
 def encode_image(folder: Path, manifest: dict[str, Any], pixel_values: np.ndarray) -> dict[str, Any]:
     session = session_from_onnx(folder / manifest["components"]["vision"]["file"])
     names = [o.name for o in session.get_outputs()]
+    inputs = {i.name: i for i in session.get_inputs()}
+    feeds = {"pixel_values": pixel_values}
+    if "text_embeds" in inputs:
+        raise EdgeAttnError("this vision encoder prunes by text guidance (text_embeds); run it from an app that gives "
+                            "the guidance embeddings")
+    if "patch_valid" in inputs:  # images are resized, never letterboxed: every patch is an image patch
+        feeds["patch_valid"] = np.ones((pixel_values.shape[0], inputs["patch_valid"].shape[1]), bool)
     start = time.perf_counter()
-    outputs = dict(zip(names, session.run(None, {"pixel_values": pixel_values})))
+    outputs = dict(zip(names, session.run(None, feeds)))
     return {"outputs": outputs, "latency_ms": (time.perf_counter() - start) * 1e3}

@@ -40,14 +40,39 @@ class DecoderRunner:
             "inputs_embeds", "attention_mask", "position_ids", *self.past_names
         }
 
-    def image_features(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    def image_features(
+        self, pixel_values: np.ndarray, text_embeds: np.ndarray | None = None, num_tokens: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """The vision outputs. A pruned vision graph may also take the prompt's token embeddings
+        (`text_embeds`, text-guided pruning) and a run-time budget (`num_tokens`)."""
         if self.vision is None:
             raise EdgeAttnError("this model has no vision component; --image needs a VLM export")
+        inputs = {i.name: i for i in (*self.vision.get_inputs(), *self.vision.get_overridable_initializers())}
+        feeds = {"pixel_values": pixel_values}
+        if "text_embeds" in inputs:
+            if text_embeds is None:
+                raise EdgeAttnError("this vision component prunes by the prompt; it needs the prompt's embeddings")
+            feeds["text_embeds"] = text_embeds
+        if num_tokens is not None:
+            if "num_tokens" not in inputs:
+                raise EdgeAttnError("this vision component has a fixed token budget; re-export with --prune METHOD:K,dynamic=1")
+            limit = (self.manifest.get("pruning") or {}).get("tokens_before")
+            if num_tokens < 1 or (limit is not None and num_tokens > limit):
+                raise EdgeAttnError(f"the image-token budget must be from 1 to {limit} (got {num_tokens})")
+            feeds["num_tokens"] = np.array(num_tokens, np.int64)
+        if "patch_valid" in inputs:  # images are resized to the square input, never letterboxed: no padding patches
+            feeds["patch_valid"] = np.ones((pixel_values.shape[0], inputs["patch_valid"].shape[1]), bool)
         names = [o.name for o in self.vision.get_outputs()]
-        return dict(zip(names, self.vision.run(None, {"pixel_values": pixel_values})))
+        return dict(zip(names, self.vision.run(None, feeds)))
 
-    def prompt_embeddings(self, input_ids: list[int], features: np.ndarray | None) -> np.ndarray:
-        embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
+    @property
+    def needs_prompt(self) -> bool:
+        """Whether the vision component reads the prompt's token embeddings (text-guided pruning)."""
+        return self.vision is not None and any(i.name == "text_embeds" for i in self.vision.get_inputs())
+
+    def prompt_embeddings(self, input_ids: list[int], features: np.ndarray | None, embeds: np.ndarray | None = None) -> np.ndarray:
+        if embeds is None:
+            embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
         if features is None:
             return embeds
         slots = np.flatnonzero(np.asarray(input_ids) == self.manifest["image_token_id"])
@@ -57,17 +82,22 @@ class DecoderRunner:
         return embeds
 
     def generate(
-        self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None
+        self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None,
+        num_tokens: int | None = None,
     ) -> Generation:
         if max_new_tokens < 1:
             raise EdgeAttnError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
         stages: dict[str, float] = {}
         start = time.perf_counter()
-        features = None
+        features = embeds = text = None
+        if pixel_values is not None and self.needs_prompt:  # text-guided pruning reads the prompt's embeddings
+            embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
+            text = embeds[:, np.asarray(input_ids) != self.manifest["image_token_id"]]
         if pixel_values is not None:
-            features = self.image_features(pixel_values)["image_features"]
-            stages["vision_ms"] = _ms(start)
-        embeds = self.prompt_embeddings(input_ids, features)
+            vision_start = time.perf_counter()
+            features = self.image_features(pixel_values, text, num_tokens)["image_features"]
+            stages["vision_ms"] = _ms(vision_start)
+        embeds = self.prompt_embeddings(input_ids, features, embeds)
         past = self._empty_past()
         logits, past = self._step(embeds, past, 0)
         token = int(np.argmax(logits[0, -1]))

@@ -1,0 +1,324 @@
+"""Sparse attention on SmolLM2-135M: perplexity, density and onnxruntime CPU prefill time.
+
+    python benchmarks/sparse_quality_speed.py [--export DIR] [--lengths 1024,2048,4096]
+
+Text: CPython's `pydoc_data.topics` (real English documentation), tokenized with the model's tokenizer;
+one window of L tokens from its start per length. Each variant is the exported decoder rewritten by
+`edgeattn.graphs.sparse.sparsify`; perplexity is computed from the onnxruntime logits of that decoder
+at every position of the window (the same run the first timing round makes). Prefill times are
+medians of interleaved rounds (every variant once per round, after one warm-up round), so a change of
+machine load hits all variants alike. Skip-softmax (BLASST) has no tile-skipping onnxruntime kernel:
+its graph computes every score, so its time is reported, not claimed; its skip ratio is measured
+on the real attention of each layer (statistics outputs). An attention-only microbenchmark times one
+layer's attention (random Q/K/V, the export's mask structure) in each form.
+
+Writes benchmarks/results/sparse_quality_speed.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, write_json  # noqa: E402
+
+THREADS = 2
+VARIANTS: dict[str, list[str]] = {  # name -> --sparse flags ("plain": the export as it is)
+    "plain": [],
+    "dense": [],
+    "block keep=0.5": ["block:keep=0.5,block=64"],
+    "block keep=0.25": ["block:keep=0.25,block=64"],
+    "window 1024 + 64 sinks": ["window:size=1024,sinks=64"],
+}
+DENSITY_ATTRS = {
+    "plain": None,
+    "dense": None,
+    "block keep=0.5": {"layout": "select", "keep": 0.5, "block_size": 64},
+    "block keep=0.25": {"layout": "select", "keep": 0.25, "block_size": 64},
+    "window 1024 + 64 sinks": {"layout": "window", "window": 1024, "sinks": 64, "block_size": 64},
+}
+
+
+def session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_text_ids(folder: Path) -> list[int]:
+    import pydoc_data.topics as topics
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+    return list(tokenizer(text)["input_ids"])
+
+
+def prefill_feeds(folder: Path, ids: list[int], length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    window = np.asarray(ids[:length], np.int64)[None]
+    embeds = session(folder / "embed.onnx").run(None, {"input_ids": window})[0]
+    feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, length), np.int64),
+             "position_ids": np.arange(length, dtype=np.int64)[None]}
+    for layer in range(30):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{layer}.{kind}"] = np.zeros((1, 3, 0, 64), np.float32)
+    return feeds, window[0]
+
+
+def perplexity(logits: np.ndarray, tokens: np.ndarray) -> float:
+    """exp(mean NLL of token t+1 given the logits at t), over every position of the window."""
+    logits = logits[0, :-1].astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    lse = np.log(np.exp(logits - top).sum(-1)) + top[:, 0]
+    nll = lse - logits[np.arange(len(tokens) - 1), tokens[1:]]
+    return float(math.exp(nll.mean()))
+
+
+def build_variants(folder: Path, work: Path) -> dict[str, Path]:
+    from edgeattn.graphs import save
+    from edgeattn.graphs.sparse.api import sparsify
+
+    paths = {"plain": folder / "decoder.onnx"}
+    for name, flags in VARIANTS.items():
+        if name == "plain":
+            continue
+        model, report = sparsify(folder / "decoder.onnx", flags, component="decoder")
+        kinds = sorted({item.lowering for item in report.lowered})
+        print(f"  {name}: {', '.join(kinds)}", flush=True)
+        paths[name] = save(model, work / f"{name.replace(' ', '_').replace('=', '')}.onnx")
+        del model
+        gc.collect()
+    return paths
+
+
+def time_prefill(paths: dict[str, Path], feeds: dict[str, np.ndarray], tokens: np.ndarray, repeats: int) -> dict:
+    sessions = {name: session(path) for name, path in paths.items()}
+    results: dict[str, dict[str, Any]] = {name: {"times_ms": []} for name in sessions}
+    reference = None
+    for name, sess in sessions.items():  # warm-up round: its logits give the perplexity
+        logits = sess.run(["logits"], feeds)[0]
+        results[name]["perplexity"] = perplexity(logits, tokens)
+        if name == "plain":
+            reference = logits
+        elif name == "dense" and reference is not None:
+            results[name]["max_rel_diff_vs_plain"] = float(np.abs(logits - reference).max() / np.abs(reference).max())
+        del logits
+    for _ in range(repeats):
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(["logits"], feeds)
+            results[name]["times_ms"].append((time.perf_counter() - start) * 1e3)
+    for name in results:
+        results[name]["median_ms"] = statistics.median(results[name]["times_ms"])
+    return results
+
+
+def skip_softmax(folder: Path, work: Path, factors: list[float], cases: list[tuple[int, dict, np.ndarray]]) -> list[dict]:
+    """Perplexity, measured skip ratio and (one) time of the exact skip-softmax graph per factor."""
+    from edgeattn.graphs import save
+    from edgeattn.graphs.sparse.api import sparsify
+
+    rows = []
+    for factor in factors:
+        model, _ = sparsify(folder / "decoder.onnx", [f"blasst:scale_factor={factor:g}"], component="decoder",
+                            statistics=True)
+        path = save(model, work / f"skip_{factor:g}.onnx")
+        del model
+        sess = session(path)
+        names = [o.name for o in sess.get_outputs() if o.name.startswith("statistics.")]
+        for length, feeds, tokens in cases:
+            start = time.perf_counter()
+            outputs = sess.run(["logits", *names], feeds)
+            elapsed = (time.perf_counter() - start) * 1e3
+            ratios = [float(x) for x in outputs[1:]]
+            rows.append({"length": length, "scale_factor": factor, "perplexity": perplexity(outputs[0], tokens),
+                         "skip_ratio_mean": float(np.mean(ratios)), "skip_ratio_min": min(ratios),
+                         "skip_ratio_max": max(ratios), "time_ms_one_run": elapsed})
+            print(f"  blasst sf={factor:g} L={length}: skip {np.mean(ratios):.3f}, ppl {rows[-1]['perplexity']:.3f}",
+                  flush=True)
+        del sess
+        gc.collect()
+        path.unlink()
+    return rows
+
+
+def attention_site(length: int) -> Any:
+    """One opset-23 Attention site as the export writes it (GQA 9/3, bool mask from attention_mask)."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    nodes = [
+        h.make_node("Shape", ["q"], ["q_len_1d"], start=2, end=3),
+        h.make_node("Shape", ["k"], ["k_len_1d"], start=2, end=3),
+        h.make_node("Squeeze", ["q_len_1d"], ["q_len"]),
+        h.make_node("Squeeze", ["k_len_1d"], ["k_len"]),
+        h.make_node("Sub", ["k_len", "q_len"], ["past"]),
+        h.make_node("Constant", [], ["zero"], value=h.make_tensor("zero", T.INT64, [], [0])),
+        h.make_node("Constant", [], ["one"], value=h.make_tensor("one", T.INT64, [], [1])),
+        h.make_node("Range", ["zero", "q_len", "one"], ["rows0"]),
+        h.make_node("Add", ["rows0", "past"], ["rows"]),
+        h.make_node("Range", ["zero", "k_len", "one"], ["cols"]),
+        h.make_node("Constant", [], ["ax_r"], value=h.make_tensor("ax_r", T.INT64, [3], [0, 1, 3])),
+        h.make_node("Constant", [], ["ax_c"], value=h.make_tensor("ax_c", T.INT64, [3], [0, 1, 2])),
+        h.make_node("Unsqueeze", ["rows", "ax_r"], ["rows4"]),
+        h.make_node("Unsqueeze", ["cols", "ax_c"], ["cols4"]),
+        h.make_node("LessOrEqual", ["cols4", "rows4"], ["causal"]),
+        h.make_node("Cast", ["attention_mask"], ["pad"], to=T.BOOL),
+        h.make_node("Constant", [], ["ax_p"], value=h.make_tensor("ax_p", T.INT64, [2], [1, 2])),
+        h.make_node("Unsqueeze", ["pad", "ax_p"], ["pad4"]),
+        h.make_node("And", ["causal", "pad4"], ["mask"]),
+        h.make_node("Attention", ["q", "k", "v", "mask"], ["y"], scale=0.125),
+    ]
+    inputs = [h.make_tensor_value_info("q", T.FLOAT, [1, 9, "sequence", 64]),
+              h.make_tensor_value_info("k", T.FLOAT, [1, 3, "total", 64]),
+              h.make_tensor_value_info("v", T.FLOAT, [1, 3, "total", 64]),
+              h.make_tensor_value_info("attention_mask", T.INT64, [1, "total"])]
+    value_info = [h.make_tensor_value_info("causal", T.BOOL, [1, 1, "sequence", "total"]),
+                  h.make_tensor_value_info("mask", T.BOOL, [1, 1, "sequence", "total"])]  # as the export records
+    graph = h.make_graph(nodes, "attention", inputs, [h.make_tensor_value_info("y", T.FLOAT, None)],
+                         value_info=value_info)
+    return onnx.shape_inference.infer_shapes(h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10))
+
+
+def attention_micro(length: int, repeats: int, work: Path) -> dict:
+    from edgeattn.graphs import save
+    from edgeattn.graphs.sparse.api import sparsify
+
+    site = attention_site(length)
+    paths = {"plain": work / "attention_plain.onnx"}
+    paths["plain"].write_bytes(site.SerializeToString())
+    for name, flags in VARIANTS.items():
+        if name != "plain":
+            model, _ = sparsify(site, flags, component="decoder")
+            paths[name] = save(model, work / f"attention_{name.replace(' ', '_').replace('=', '')}.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.standard_normal((1, 9, length, 64), np.float32),
+             "k": rng.standard_normal((1, 3, length, 64), np.float32),
+             "v": rng.standard_normal((1, 3, length, 64), np.float32),
+             "attention_mask": np.ones((1, length), np.int64)}
+    sessions = {name: session(path) for name, path in paths.items()}
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for sess in sessions.values():
+        sess.run(None, feeds)
+    for _ in range(repeats):
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", type=Path, help="an existing `edgeattn export zoo:smollm2-135m` folder")
+    parser.add_argument("--lengths", default="1024,2048,4096")
+    parser.add_argument("--repeats", default="5,3,3", help="timed rounds per length (after a warm-up round)")
+    parser.add_argument("--skip-factors", default="1,10,100", help="BLASST scale factors ('' to skip)")
+    parser.add_argument("--micro-repeats", type=int, default=5)
+    parser.add_argument("--work", type=Path, help="folder for the rewritten decoders (default: a temp folder)")
+    args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    repeats = [int(x) for x in args.repeats.split(",")]
+    started = time.perf_counter()
+    loads = {"start": load_average()}
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        folder = args.export
+        if folder is None:
+            from edgeattn.exporter.api import export_model
+
+            folder = work / "smollm2"
+            print("exporting zoo:smollm2-135m ...", flush=True)
+            export_model("zoo:smollm2-135m", folder)
+        print("rewriting ...", flush=True)
+        paths = build_variants(folder, work)
+        ids = load_text_ids(folder)
+        from edgeattn.graphs.sparse.density import layout_density
+
+        rows, cases = [], []
+        for length, repeat in zip(lengths, repeats + [repeats[-1]] * len(lengths)):
+            feeds, tokens = prefill_feeds(folder, ids, length)
+            cases.append((length, feeds, tokens))
+            loads[f"L{length}"] = load_average()
+            result = time_prefill(paths, feeds, tokens, repeat)
+            for name, values in result.items():
+                attrs = DENSITY_ATTRS[name]
+                density = layout_density(attrs, length) if attrs else 1.0
+                rows.append({"length": length, "variant": name, "flags": VARIANTS[name], "repeats": repeat,
+                             "density_of_causal": density, **values})
+            _print_length(rows, length)
+            gc.collect()
+        loads["micro"] = load_average()
+        micro = attention_micro(lengths[-1], args.micro_repeats, work)
+        print(f"attention only, L={lengths[-1]}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in micro.items()), flush=True)
+        factors = [float(x) for x in args.skip_factors.split(",") if x]
+        skip_rows = skip_softmax(folder, work, factors, cases) if factors else []
+    loads["end"] = load_average()
+    payload = {"machine": machine(), "threads": THREADS, "load_average": loads,
+               "total_seconds": round(time.perf_counter() - started, 1), "text": "pydoc_data.topics (CPython)",
+               "prefill": rows, "attention_only": {"length": lengths[-1], "median_ms": micro}, "skip_softmax": skip_rows}
+    path = write_json("sparse_quality_speed", payload)
+    print(markdown(payload))
+    print(f"\nwrote {path}")
+
+
+def _print_length(rows: list[dict], length: int) -> None:
+    for row in rows:
+        if row["length"] == length:
+            print(f"  L={length} {row['variant']}: {row['median_ms']:.0f} ms, ppl {row['perplexity']:.3f}", flush=True)
+
+
+def markdown(payload: dict) -> str:
+    out = [f"SmolLM2-135M, onnxruntime {payload['machine']['onnxruntime']} CPU ({payload['threads']} threads), "
+           f"{payload['machine']['cpu']}, {payload['machine']['date']}; load average during the run: "
+           f"{payload['load_average']}.", "",
+           "| L | variant | density (of causal pairs) | perplexity | Δ ppl vs dense | prefill (median) | vs plain | vs dense |",
+           "|---|---|---|---|---|---|---|---|"]
+    rows = payload["prefill"]
+    for row in rows:
+        base = {r["variant"]: r for r in rows if r["length"] == row["length"]}
+        plain, dense = base["plain"], base["dense"]
+        delta = 100 * (row["perplexity"] / dense["perplexity"] - 1)
+        out.append(f"| {row['length']} | {row['variant']} | {100 * row['density_of_causal']:.1f} % | "
+                   f"{row['perplexity']:.3f} | {delta:+.2f} % | {row['median_ms'] / 1000:.2f} s | "
+                   f"{plain['median_ms'] / row['median_ms']:.2f}x | {dense['median_ms'] / row['median_ms']:.2f}x |")
+    micro = payload["attention_only"]
+    out += ["", f"Attention only (one layer, L = {micro['length']}):", "", "| variant | median | vs Attention op |",
+            "|---|---|---|"]
+    for name, value in micro["median_ms"].items():
+        out.append(f"| {name} | {value:.0f} ms | {micro['median_ms']['plain'] / value:.2f}x |")
+    if payload["skip_softmax"]:
+        out += ["", "Skip-softmax (BLASST), exact onnxruntime body (computes every score):", "",
+                "| L | scale_factor | skip ratio (mean over layers, min-max) | perplexity | one run |", "|---|---|---|---|---|"]
+        for row in payload["skip_softmax"]:
+            out.append(f"| {row['length']} | {row['scale_factor']:g} | {row['skip_ratio_mean']:.3f} "
+                       f"({row['skip_ratio_min']:.3f}-{row['skip_ratio_max']:.3f}) | {row['perplexity']:.3f} | "
+                       f"{row['time_ms_one_run'] / 1000:.1f} s |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

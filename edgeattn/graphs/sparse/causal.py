@@ -1,0 +1,247 @@
+"""Moving a causal mask out of an attention site's mask input and into its `causal` attribute.
+
+Exporters write causal attention as a boolean mask: Hugging Face's decoders build
+`And(causal(positions), padding(attention_mask))`, expanded to [B, 1, Sq, Skv], and the attention node
+itself says is_causal = 0. Lowerings that skip the work above the diagonal need to know the site is
+causal, so this pass takes the mask apart:
+
+- the mask is split into the factors of its And tree (through Expand, which only broadcasts);
+- a factor that depends on the graph inputs only through their shapes is a *geometry* factor;
+  together they must be lower-right causal: their last two dims are, symbolically, the site's query
+  and key lengths, and evaluated with onnxruntime at several assignments of the symbols they read,
+  they equal `key <= query + Skv - Sq`;
+- the other factors stay the mask (a padding mask [B, 1, 1, Skv] in the Hugging Face case).
+
+The node then gets causal = 2 and the remaining mask (or none). Its meaning is unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgeattn.graphs.apply import remove_unused
+from edgeattn.graphs.values import dims
+
+_EDGEATTN = "edgeattn"
+_MAX_CONE_NODES = 200
+_SMALL = 1 << 16  # initializers larger than this (bytes) are not part of a geometry cone
+_TRIALS = 6
+
+
+@dataclass(frozen=True)
+class Factored:
+    mask: ir.Value | None  # what stays the mask (None: nothing)
+    new_nodes: tuple[ir.Node, ...]  # And nodes that combine what stays
+
+
+def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
+    """Give causal = 2 to every edgeattn node among `ops` (op types) whose boolean mask holds a
+    lower-right causal factor; returns the names of the nodes changed."""
+    wanted = set(ops)
+    cache: dict[tuple[int, str, str], Factored | None] = {}
+    changed = []
+    graph = model.graph
+    for node in list(graph):
+        if node.domain != _EDGEATTN or node.op_type not in wanted or len(node.inputs) < 4:
+            continue
+        mask, query, key = node.inputs[3], node.inputs[0], node.inputs[1]
+        if mask is None or mask.dtype != ir.DataType.BOOL or node.attributes.get_int("causal", 0) != 0:
+            continue
+        if query is None or key is None or query.shape is None or len(query.shape) != 4:
+            continue
+        lengths = (str(canonical_dim(dims(query)[2])), str(canonical_dim(dims(key)[2])))
+        cache_key = (id(mask), *lengths)
+        if cache_key not in cache:
+            cache[cache_key] = _factor(model, mask, dims(query)[2], dims(key)[2])
+            if cache[cache_key] is not None and cache[cache_key].new_nodes:
+                graph.insert_before(node, cache[cache_key].new_nodes)
+        result = cache[cache_key]
+        if result is None:
+            continue
+        old_mask = node.inputs[3]
+        node.replace_input_with(3, result.mask)
+        remove_unused([old_mask])
+        while node.inputs and node.inputs[-1] is None:
+            node.resize_inputs(len(node.inputs) - 1)
+        node.attributes["causal"] = ir.AttrInt64("causal", 2)
+        changed.append(node.name or "")
+    return changed
+
+
+def _factors(value: ir.Value) -> list[ir.Value]:
+    node = value.producer()
+    if node is not None and node.domain in ("", "ai.onnx"):
+        if node.op_type == "And":
+            return [f for v in node.inputs if v is not None for f in _factors(v)]
+        if node.op_type == "Expand" and node.inputs[0] is not None:
+            return _factors(node.inputs[0])
+    return [value]
+
+
+def _factor(model: ir.Model, mask: ir.Value, q_len: object, kv_len: object) -> Factored | None:
+    factors = _factors(mask)
+    geometry, rest = [], []
+    for factor in factors:
+        (geometry if _shape_only(factor) is not None else rest).append(factor)
+    if not geometry or q_len is None or kv_len is None:
+        return None
+    if not all(_lengths_match(f, q_len, kv_len) or _broadcasts(f) for f in geometry):
+        return None
+    if not any(_lengths_match(f, q_len, kv_len) for f in geometry):
+        return None
+    if not _is_lower_right_causal(geometry, model.opset_imports.get("", 21)):
+        return None
+    if not rest:
+        return Factored(None, ())
+    combined, nodes = rest[0], []
+    for other in rest[1:]:
+        node = ir.node("And", [combined, other], name=f"{mask.name}/edgeattn.uncausal_{len(nodes)}")
+        node.outputs[0].name = f"{mask.name}/edgeattn.uncausal_{len(nodes)}"
+        node.outputs[0].dtype = ir.DataType.BOOL
+        nodes.append(node)
+        combined = node.outputs[0]
+    return Factored(combined, tuple(nodes))
+
+
+def canonical_dim(dim: object) -> object:
+    """A dim in one spelling: ints as they are, symbolic expressions normalised
+    ("sequence + past_sequence" and "past_sequence + sequence" are the same length)."""
+    if not isinstance(dim, str):
+        return dim
+    try:
+        import sympy
+
+        return str(sympy.sympify(dim, locals={name: sympy.Symbol(name) for name in _names(dim)}))
+    except Exception:  # noqa: BLE001 - a name sympy cannot read stays as written
+        return dim
+
+
+def _names(expression: str) -> list[str]:
+    import re
+
+    return re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)
+
+
+def _lengths_match(value: ir.Value, q_len: object, kv_len: object) -> bool:
+    shape = dims(value)
+    return (shape is not None and len(shape) >= 2 and canonical_dim(shape[-2]) == canonical_dim(q_len)
+            and canonical_dim(shape[-1]) == canonical_dim(kv_len))
+
+
+def _broadcasts(value: ir.Value) -> bool:
+    shape = dims(value)
+    return shape is not None and all(d == 1 for d in shape)
+
+
+def _shape_only(value: ir.Value) -> list[ir.Node] | None:
+    """The nodes computing `value` when it reads graph inputs only through Shape nodes, else None."""
+    cone: list[ir.Node] = []
+    seen: set[int] = set()
+    work = [value]
+    while work:
+        current = work.pop()
+        node = current.producer()
+        if node is None:
+            if current.is_graph_input():
+                return None  # read directly, not through Shape
+            const = current.const_value
+            if const is None or const.nbytes > _SMALL:
+                return None
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        has_subgraph = any(a.type == ir.AttributeType.GRAPH for a in node.attributes.values())
+        if node.domain not in ("", "ai.onnx") or has_subgraph:
+            return None
+        cone.append(node)
+        if len(cone) > _MAX_CONE_NODES:
+            return None
+        if node.op_type == "Shape":
+            continue  # only the shape of what it reads matters
+        work.extend(v for v in node.inputs if v is not None)
+    return cone
+
+
+def _is_lower_right_causal(factors: list[ir.Value], opset: int) -> bool:
+    """Evaluate the And of `factors` with onnxruntime at several symbol assignments."""
+    import onnxruntime as ort
+
+    cones = [_shape_only(f) for f in factors]
+    nodes = {id(n): n for cone in cones for n in (cone or [])}
+    order = _topological([n for n in nodes.values()])
+    inputs = _shape_inputs(order)
+    symbols = sorted({d for value in inputs for d in (dims(value) or []) if isinstance(d, str)})
+    proto_nodes = [ir.serde.serialize_node(node) for node in order]
+    initializers = _initializers(order, factors)
+    out_names = [f.name for f in factors]
+    combined = out_names[0]
+    for index, name in enumerate(out_names[1:]):
+        proto_nodes.append(onnx.helper.make_node("And", [combined, name], [f"__causal_and_{index}"]))
+        combined = f"__causal_and_{index}"
+    graph_inputs = [onnx.helper.make_tensor_value_info(v.name, int(v.dtype), [d if isinstance(d, int) else d
+                    for d in dims(v)]) for v in inputs]
+    output = onnx.helper.make_tensor_value_info(combined, onnx.TensorProto.BOOL, None)
+    graph = onnx.helper.make_graph(proto_nodes, "causal_probe", graph_inputs, [output], initializer=initializers)
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    try:
+        probe = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - anything onnxruntime rejects is simply not proven causal
+        return False
+    rng = random.Random(0)
+    trials = [{s: rng.randint(1, 9) for s in symbols} for _ in range(_TRIALS)]
+    trials += [{s: value for s in symbols} for value in (1, 4)]
+    for assignment in trials:
+        feeds = {v.name: np.zeros([assignment.get(d, 1) if isinstance(d, str) else (d or 1) for d in dims(v)],
+                                  dtype=v.dtype.numpy()) for v in inputs}
+        try:
+            (result,) = session.run(None, feeds)
+        except Exception:  # noqa: BLE001
+            return False
+        if result.ndim < 2:
+            return False
+        q_len, kv_len = result.shape[-2], result.shape[-1]
+        expected = np.arange(kv_len)[None, :] <= np.arange(q_len)[:, None] + kv_len - q_len
+        if not np.array_equal(np.broadcast_to(result, result.shape), np.broadcast_to(expected, result.shape)):
+            return False
+    return True
+
+
+def _topological(nodes: list[ir.Node]) -> list[ir.Node]:
+    graph = nodes[0].graph if nodes else None
+    if graph is None:
+        return nodes
+    position = {id(n): i for i, n in enumerate(graph)}
+    return sorted(nodes, key=lambda n: position.get(id(n), 0))
+
+
+def _shape_inputs(nodes: list[ir.Node]) -> list[ir.Value]:
+    found: dict[str, ir.Value] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is not None and value.is_graph_input() and value.name:
+                found[value.name] = value
+    return list(found.values())
+
+
+def _initializers(nodes: list[ir.Node], factors: list[ir.Value]) -> list[onnx.TensorProto]:
+    out: dict[str, onnx.TensorProto] = {}
+    values = [v for node in nodes for v in node.inputs if v is not None] + list(factors)
+    for value in values:
+        if value.producer() is None and not value.is_graph_input() and value.const_value is not None and value.name:
+            tensor = ir.serde.serialize_tensor(value.const_value)
+            tensor.name = value.name
+            out[value.name] = tensor
+    return list(out.values())
+
+
+__all__ = ["factor_causal_masks"]

@@ -1,0 +1,138 @@
+"""Tiny graphs for the sparse-attention tests: one edgeattn node, or one exported-style attention site,
+run with onnxruntime through the function body or the fast lowering."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from edgeattn.graphs.lower import lower
+from edgeattn.graphs.sparse.lower_ort import lower_for_ort
+from edgeattn.plugins.registry import default_registry
+from edgeattn.plugins.spec import OpSpec
+
+_KINDS = {"int": ir.AttributeType.INT, "float": ir.AttributeType.FLOAT, "string": ir.AttributeType.STRING,
+          "ints": ir.AttributeType.INTS, "floats": ir.AttributeType.FLOATS}
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max|a - b| / max|b| (the tolerance measure of the sparse tests)."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / max(np.abs(b).max(), 1e-30))
+
+
+def op_model(spec: OpSpec, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any], outputs: int = 1,
+             symbolic: bool = True, opset: int = 23) -> ir.Model:
+    """A model with one edgeattn node; inputs in0.. (Q, K, V, mask ...), outputs out0.. .
+
+    With `symbolic`, the sequence axes are named (sequence / total) as in an export, so per-graph values
+    are shared and nothing is specialised on a static length."""
+    inputs, values = [], []
+    for index, array in enumerate(arrays):
+        if array is None:
+            values.append(None)
+            continue
+        shape: list[Any] = list(array.shape)
+        if symbolic and array.ndim == 4:
+            if index == 0:
+                shape[2] = "sequence"
+            elif index in (1, 2):
+                shape[2] = "total"
+            elif index == 3:
+                shape[3] = "total" if array.shape[3] > 1 else 1
+        value = ir.Value(name=f"in{index}", type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(shape))
+        inputs.append(value)
+        values.append(value)
+    while values and values[-1] is None:
+        values.pop()
+    attributes = [ir.Attr(k, _KINDS[spec.attribute(k).kind], list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()]
+    node = ir.Node("edgeattn", spec.name, values, attributes=attributes, num_outputs=outputs, name="site")
+    for index, out in enumerate(node.outputs):
+        out.name = f"out{index}"
+        out.type = ir.TensorType(ir.DataType.BOOL if spec.kind == "select" else ir.DataType.FLOAT)
+        if index:
+            out.shape = ir.Shape([])
+    graph = ir.Graph(inputs, list(node.outputs), nodes=[node], opset_imports={"": opset, "edgeattn": 1}, name="g")
+    return ir.Model(graph, ir_version=10)
+
+
+def session(model: ir.Model | onnx.ModelProto) -> ort.InferenceSession:
+    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def feeds_of(arrays: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    return {f"in{i}": a for i, a in enumerate(arrays) if a is not None}
+
+
+def run_body(spec: OpSpec, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any], outputs: int = 1) -> list:
+    """The op through its function body (what onnxruntime inlines)."""
+    model = op_model(spec, arrays, attrs, outputs)
+    lower(model, "ort", default_registry())
+    return session(model).run(None, feeds_of(arrays))
+
+
+def run_fast(spec: OpSpec, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any]) -> tuple[list, list]:
+    """The op through the fast onnxruntime lowering; returns (outputs, lowering report)."""
+    model = op_model(spec, arrays, attrs)
+    report = lower_for_ort(model)
+    return session(model).run(None, feeds_of(arrays)), report
+
+
+def full_attrs(spec: OpSpec, **given: Any) -> dict[str, Any]:
+    return {**spec.defaults(), **given}
+
+
+def attention_site(q_heads: int = 4, kv_heads: int = 2, head: int = 8, static_len: int | None = None) -> onnx.ModelProto:
+    """One opset-23 Attention site with the export's mask: And(causal(positions), padding(attention_mask))."""
+    seq: Any = static_len if static_len is not None else "sequence"
+    total: Any = static_len if static_len is not None else "total"
+    nodes = [
+        h.make_node("Shape", ["q"], ["q_len_1d"], start=2, end=3),
+        h.make_node("Shape", ["k"], ["k_len_1d"], start=2, end=3),
+        h.make_node("Squeeze", ["q_len_1d"], ["q_len"]),
+        h.make_node("Squeeze", ["k_len_1d"], ["k_len"]),
+        h.make_node("Sub", ["k_len", "q_len"], ["past"]),
+        h.make_node("Constant", [], ["zero"], value=h.make_tensor("zero", T.INT64, [], [0])),
+        h.make_node("Constant", [], ["one"], value=h.make_tensor("one", T.INT64, [], [1])),
+        h.make_node("Range", ["zero", "q_len", "one"], ["rows0"]),
+        h.make_node("Add", ["rows0", "past"], ["rows"]),
+        h.make_node("Range", ["zero", "k_len", "one"], ["cols"]),
+        h.make_node("Constant", [], ["ax_r"], value=h.make_tensor("ax_r", T.INT64, [3], [0, 1, 3])),
+        h.make_node("Constant", [], ["ax_c"], value=h.make_tensor("ax_c", T.INT64, [3], [0, 1, 2])),
+        h.make_node("Unsqueeze", ["rows", "ax_r"], ["rows4"]),
+        h.make_node("Unsqueeze", ["cols", "ax_c"], ["cols4"]),
+        h.make_node("LessOrEqual", ["cols4", "rows4"], ["causal"]),
+        h.make_node("Cast", ["attention_mask"], ["pad"], to=T.BOOL),
+        h.make_node("Constant", [], ["ax_p"], value=h.make_tensor("ax_p", T.INT64, [2], [1, 2])),
+        h.make_node("Unsqueeze", ["pad", "ax_p"], ["pad4"]),
+        h.make_node("And", ["causal", "pad4"], ["mask"]),
+        h.make_node("Attention", ["q", "k", "v", "mask"], ["y"], scale=1.0 / float(np.sqrt(head))),
+    ]
+    inputs = [h.make_tensor_value_info("q", T.FLOAT, ["batch", q_heads, seq, head]),
+              h.make_tensor_value_info("k", T.FLOAT, ["batch", kv_heads, total, head]),
+              h.make_tensor_value_info("v", T.FLOAT, ["batch", kv_heads, total, head]),
+              h.make_tensor_value_info("attention_mask", T.INT64, ["batch", total])]
+    # The dims an exporter records (dynamo writes symbolic shapes for every value).
+    value_info = [h.make_tensor_value_info("causal", T.BOOL, [1, 1, seq, total]),
+                  h.make_tensor_value_info("mask", T.BOOL, ["batch", 1, seq, total])]
+    graph = h.make_graph(nodes, "site", inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], value_info=value_info)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def attention_feeds(rng: np.random.Generator, batch: int, q_heads: int, kv_heads: int, q_len: int, kv_len: int,
+                    head: int, padded: int = 0) -> dict[str, np.ndarray]:
+    mask = np.ones((batch, kv_len), np.int64)
+    mask[-1, :padded] = 0
+    return {"q": rng.standard_normal((batch, q_heads, q_len, head), np.float32),
+            "k": rng.standard_normal((batch, kv_heads, kv_len, head), np.float32),
+            "v": rng.standard_normal((batch, kv_heads, kv_len, head), np.float32),
+            "attention_mask": mask}
