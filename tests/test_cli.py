@@ -86,3 +86,33 @@ def test_existing_output_folder_is_refused_without_force(tmp_path, capsys):
 def test_bad_opset_is_a_usage_error(tmp_path, capsys):
     code, _, stderr = invoke(["export", "demo:tiny-vit", "--out", str(tmp_path / "o"), "--opset", "12"], capsys)
     assert code == 2 and "12 is not in the range 17<=x<=23" in stderr
+
+
+def test_export_rewrite_validates_the_rewritten_decoder_and_runs(tmp_path, capsys):
+    out = tmp_path / "rw"
+    code, stdout, _ = invoke(["export", "demo:tiny-llama", "--out", str(out), "--rewrite", "--json"], capsys)
+    assert code == 0
+    manifest = json.loads(stdout)
+    assert manifest["rewrite"]["components"]["decoder"]["rewritten"] == 2
+    assert manifest["rewrite"]["components"]["decoder"]["ops"] == ["Attention"]
+    worst = max(o["max_rel"] for r in manifest["validation"]["decoder_rewritten"] for o in r["outputs"].values())
+    assert worst < 2e-5
+    code, stdout, _ = invoke(["run", str(out), "--prompt", "Hi", "--max-new-tokens", "3", "--json"], capsys)
+    assert code == 0 and len(json.loads(stdout)["tokens"]) == 3
+
+
+def test_export_sparse_lowers_the_decoder_and_runs(tmp_path, capsys):
+    out = tmp_path / "sparse"
+    args = ["export", "demo:tiny-llama", "--out", str(out), "--sparse", "block:keep=0.5,block=16", "--json"]
+    code, stdout, _ = invoke(args, capsys)
+    assert code == 0
+    manifest = json.loads(stdout)
+    assert manifest["sparse"]["flags"] == ["block:keep=0.5,block=16"]
+    assert {site["op"] for site in manifest["sparse"]["sites"]} == {"BlockSparseAttention"}
+    code, stdout, _ = invoke(["run", str(out), "--prompt", "a longer prompt than one block", "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["tokens"]
+
+
+def test_bad_sparse_flag_fails_before_export(tmp_path, capsys):
+    code, _, stderr = invoke(["export", "demo:tiny-llama", "--out", str(tmp_path / "o"), "--sparse", "bogus:1"], capsys)
+    assert code == 1 and "names no method" in stderr and not (tmp_path / "o").exists()
