@@ -86,6 +86,9 @@ def find_sites(model: ir.Model, component: str | None = None) -> SiteReport:
 
 
 def detect(model: ir.Model, component: str | None = None) -> Detection:
+    from edgeattn.plugins.registry import default_registry
+
+    attention_ops = {op.name for op in default_registry() if op.kind == "attention"}
     rules = [(rule, rule.to_rule()) for rule in attention_rules()]
     found: list[tuple[int, Site, Match | ir.Node]] = []
     covered: set[ir.Node] = set()
@@ -97,7 +100,8 @@ def detect(model: ir.Model, component: str | None = None) -> Detection:
             order += 1
             if node.domain == EDGEATTN:
                 edgeattn_nodes.append(_edgeattn_node(node, position))
-                found.append((order, _existing_site(node, position, where), node))
+                if node.op_type in attention_ops:  # pruning and selection ops are not attention sites
+                    found.append((order, _existing_site(node, position, where), node))
                 continue
             if LOWERED_TAG in node.metadata_props:
                 continue
