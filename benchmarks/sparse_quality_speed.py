@@ -236,9 +236,10 @@ def main() -> None:
     parser.add_argument("--export", type=Path, help="an existing `edgeattn export zoo:smollm2-135m` folder")
     parser.add_argument("--lengths", default="1024,2048,4096")
     parser.add_argument("--repeats", default="5,3,3", help="timed rounds per length (after a warm-up round)")
-    parser.add_argument("--skip-factors", default="1,10,100", help="BLASST scale factors ('' to skip)")
+    parser.add_argument("--skip-factors", default="100,1000", help="BLASST scale factors ('' to skip)")
     parser.add_argument("--micro-repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, help="folder for the rewritten decoders (default: a temp folder)")
+    parser.add_argument("--output", default="sparse_quality_speed", help="results/<output>.json")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     repeats = [int(x) for x in args.repeats.split(",")]
@@ -280,7 +281,7 @@ def main() -> None:
     payload = {"machine": machine(), "threads": THREADS, "load_average": loads,
                "total_seconds": round(time.perf_counter() - started, 1), "text": "pydoc_data.topics (CPython)",
                "prefill": rows, "attention_only": {"length": lengths[-1], "median_ms": micro}, "skip_softmax": skip_rows}
-    path = write_json("sparse_quality_speed", payload)
+    path = write_json(args.output, payload)
     print(markdown(payload))
     print(f"\nwrote {path}")
 
