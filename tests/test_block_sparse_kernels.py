@@ -33,7 +33,7 @@ from edgeattn.plugins.block_sparse_attention.reference import block_sparse_atten
 from edgeattn.plugins.block_sparse_kernels import ops
 from edgeattn.plugins.block_sparse_kernels.config import AttentionConfig, attention_config, select_config
 
-select_ref = importlib.import_module("edgeattn.plugins.block_select.reference")  # the package shadows the name
+select_ref = importlib.import_module("edgeattn.plugins.block_select.reference")
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

@@ -170,3 +170,44 @@ class OpSpec:
 
 def _io_dict(io: IOSpec) -> dict[str, Any]:
     return {"name": io.name, "optional": io.optional, "doc": io.doc, "tunable_for": io.tunable_for}
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on first call: references need torch, which the registry must not import."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = f"`{module}.{name}`, imported on first use."
+    return call
+
+
+def declare(
+    declaration: Any,
+    *,
+    kind: OpKind,
+    reference: Callable[..., Any],
+    function_key: FunctionKey,
+    build_function: FunctionBuilder,
+    to_trt_form: TrtAdapter,
+    tags: tuple[str, ...] = (),
+) -> OpSpec:
+    """The OpSpec of an op package whose ``spec`` module holds NAME, DOC, INPUTS, OUTPUTS, ATTRIBUTES and
+    ``infer_shapes`` (every package follows that layout)."""
+    return OpSpec(
+        name=declaration.NAME,
+        doc=declaration.DOC,
+        kind=kind,
+        inputs=declaration.INPUTS,
+        outputs=declaration.OUTPUTS,
+        attributes=declaration.ATTRIBUTES,
+        infer_shapes=declaration.infer_shapes,
+        reference=reference,
+        function_key=function_key,
+        build_function=build_function,
+        to_trt_form=to_trt_form,
+        tags=tags,
+    )

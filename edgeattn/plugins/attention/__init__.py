@@ -6,20 +6,9 @@ from edgeattn.plugins.attention import spec
 from edgeattn.plugins.attention.function import build_function, function_key
 from edgeattn.plugins.attention.reference import attention_reference
 from edgeattn.plugins.attention.trt import to_trt_form
-from edgeattn.plugins.spec import OpSpec
+from edgeattn.plugins.spec import declare
 
-SPEC = OpSpec(
-    name=spec.NAME,
-    doc=spec.DOC,
-    kind="attention",
-    inputs=spec.INPUTS,
-    outputs=spec.OUTPUTS,
-    attributes=spec.ATTRIBUTES,
-    infer_shapes=spec.infer_shapes,
-    reference=attention_reference,
-    function_key=function_key,
-    build_function=build_function,
-    to_trt_form=to_trt_form,
-)
+SPEC = declare(spec, kind="attention", reference=attention_reference, function_key=function_key,
+               build_function=build_function, to_trt_form=to_trt_form)
 
 __all__ = ["SPEC", "attention_reference"]

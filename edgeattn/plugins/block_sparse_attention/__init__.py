@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from edgeattn.plugins.block_sparse_attention import spec
 from edgeattn.plugins.block_sparse_attention.function import build_function, function_key, to_trt_form
-from edgeattn.plugins.spec import OpSpec
+from edgeattn.plugins.spec import declare, lazy
 
+# The reference is imported on first call: it needs torch, which the registry must not import.
+SPEC = declare(spec, kind="attention", reference=lazy("edgeattn.plugins.block_sparse_attention.reference",
+                                 "block_sparse_attention_reference"),
+               function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",))
 
-def reference(*args: Any, **kwargs: Any) -> Any:
-    """`reference.block_sparse_attention_reference`, imported on first use (it needs torch)."""
-    from edgeattn.plugins.block_sparse_attention.reference import block_sparse_attention_reference
-
-    return block_sparse_attention_reference(*args, **kwargs)
-
-
-SPEC = OpSpec(
-    name=spec.NAME,
-    doc=spec.DOC,
-    kind="attention",
-    inputs=spec.INPUTS,
-    outputs=spec.OUTPUTS,
-    attributes=spec.ATTRIBUTES,
-    infer_shapes=spec.infer_shapes,
-    reference=reference,
-    function_key=function_key,
-    build_function=build_function,
-    to_trt_form=to_trt_form,
-    tags=("sparse",),
-)
-
-__all__ = ["SPEC", "reference"]
+__all__ = ["SPEC"]

@@ -3,34 +3,14 @@ kernels live in `edgeattn.plugins.skip_softmax`; this package gives them the op'
 
 from __future__ import annotations
 
-from typing import Any
-
 from edgeattn.plugins.skip_softmax_attention import spec
 from edgeattn.plugins.skip_softmax_attention.function import build_function, function_key
 from edgeattn.plugins.skip_softmax_attention.trt import to_trt_form
-from edgeattn.plugins.spec import OpSpec
+from edgeattn.plugins.spec import declare, lazy
 
+# The reference is imported on first call: it needs torch, which the registry must not import.
+SPEC = declare(spec, kind="attention", reference=lazy("edgeattn.plugins.skip_softmax_attention.reference",
+                                 "skip_softmax_reference"),
+               function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",))
 
-def reference(*args: Any, **kwargs: Any) -> Any:
-    """`reference.skip_softmax_reference`, imported on first use (it needs torch)."""
-    from edgeattn.plugins.skip_softmax_attention.reference import skip_softmax_reference
-
-    return skip_softmax_reference(*args, **kwargs)
-
-
-SPEC = OpSpec(
-    name=spec.NAME,
-    doc=spec.DOC,
-    kind="attention",
-    inputs=spec.INPUTS,
-    outputs=spec.OUTPUTS,
-    attributes=spec.ATTRIBUTES,
-    infer_shapes=spec.infer_shapes,
-    reference=reference,
-    function_key=function_key,
-    build_function=build_function,
-    to_trt_form=to_trt_form,
-    tags=("sparse",),
-)
-
-__all__ = ["SPEC", "reference"]
+__all__ = ["SPEC"]

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from edgeattn.plugins.spec import OpSpec
 from edgeattn.plugins.token_score import spec
 from edgeattn.plugins.token_score.function import build_function, function_key
 from edgeattn.plugins.token_score.reference import token_score_reference
 from edgeattn.plugins.token_score.trt import to_trt_form
+from edgeattn.plugins.spec import declare
 
-SPEC = OpSpec(
-    name=spec.NAME,
-    doc=spec.DOC,
-    kind="pruning",
-    inputs=spec.INPUTS,
-    outputs=spec.OUTPUTS,
-    attributes=spec.ATTRIBUTES,
-    infer_shapes=spec.infer_shapes,
-    reference=token_score_reference,
-    function_key=function_key,
-    build_function=build_function,
-    to_trt_form=to_trt_form,
-)
+SPEC = declare(spec, kind="pruning", reference=token_score_reference, function_key=function_key,
+               build_function=build_function, to_trt_form=to_trt_form)
 
 __all__ = ["SPEC", "token_score_reference"]

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from edgeattn.plugins.spec import OpSpec
 from edgeattn.plugins.token_select import spec
 from edgeattn.plugins.token_select.function import build_function, function_key
 from edgeattn.plugins.token_select.reference import token_select_reference
 from edgeattn.plugins.token_select.trt import to_trt_form
+from edgeattn.plugins.spec import declare
 
-SPEC = OpSpec(
-    name=spec.NAME,
-    doc=spec.DOC,
-    kind="pruning",
-    inputs=spec.INPUTS,
-    outputs=spec.OUTPUTS,
-    attributes=spec.ATTRIBUTES,
-    infer_shapes=spec.infer_shapes,
-    reference=token_select_reference,
-    function_key=function_key,
-    build_function=build_function,
-    to_trt_form=to_trt_form,
-)
+SPEC = declare(spec, kind="pruning", reference=token_select_reference, function_key=function_key,
+               build_function=build_function, to_trt_form=to_trt_form)
 
 __all__ = ["SPEC", "token_select_reference"]
