@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import EdgeAttnError, RuntimeUnavailableError
@@ -319,3 +320,41 @@ def compile_aot(
         registers=registers,
         spill_bytes=spill_bytes,
     )
+
+
+def write_build(record: dict[str, Any], name: str, arch: int, out_dir: Path) -> Path:
+    """Write a build record as ``<name>.sm<arch>.json`` plus one ``.ptx`` per kernel; returns the JSON path.
+
+    The PTX text moves out of the record into its file; the record names the file instead."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}.sm{arch}"
+    for entry in record["kernels"]:
+        ptx_path = out_dir / f"{stem}.{entry['kernel']}.ptx"
+        ptx_path.write_text(entry.pop("ptx"))
+        entry["ptx_file"] = ptx_path.name
+    path = out_dir / f"{stem}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def build_all(builds: Sequence[tuple[int, Any]], write: Any, out_dir: Path, ptx_version: int | None) -> int:
+    """Write every (arch, build) with ``write(build, arch, out_dir, ptx_version=...)``, print one line per
+    kernel (target, shared memory, warps, registers, spills) and return 1 if any build failed."""
+    import json
+    import sys
+
+    failed = 0
+    for arch, b in builds:
+        try:
+            path = write(b, arch, out_dir, ptx_version=ptx_version)
+        except AotBuildError as exc:
+            failed += 1
+            print(f"sm_{arch} {b.name}: FAILED: {exc}", file=sys.stderr)
+            continue
+        for k in json.loads(path.read_text())["kernels"]:
+            print(f"sm_{arch} {b.name} {k['kernel']}: {k['ptx_target']} shared={k['shared_bytes']}"
+                  f"/{k['max_shared_bytes']} warps={k['num_warps']} stages={k.get('num_stages')} "
+                  f"regs={k['registers']} spills={k['spill_bytes']}", flush=True)  # fmt: skip
+    return 1 if failed else 0

@@ -22,7 +22,6 @@ Run ``python -m edgeattn.plugins.block_sparse_kernels.aot --out DIR`` in a proce
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, AotBuildError, AotKernel, KernelParam, compile_aot
+from ..triton_aot import TARGETS, AotBuildError, AotKernel, KernelParam, build_all, compile_aot, write_build
 from .config import attention_config, next_power_of_two, pool_rows, select_config
 
 __all__ = ["BlockSparseBuild", "build", "main", "parameter_order", "write"]
@@ -285,16 +284,7 @@ def build(b: BlockSparseBuild, arch: int, *, ptx_version: int | None = None) -> 
 
 def write(b: BlockSparseBuild, arch: int, out_dir: Path, *, ptx_version: int | None = None) -> Path:
     """Build and write ``<variant>.sm<arch>.json`` plus one ``.ptx`` per kernel; returns the JSON path."""
-    record = build(b, arch, ptx_version=ptx_version)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{b.name}.sm{arch}"
-    for entry in record["kernels"]:
-        ptx_path = out_dir / f"{stem}.{entry['kernel']}.ptx"
-        ptx_path.write_text(entry.pop("ptx"))
-        entry["ptx_file"] = ptx_path.name
-    path = out_dir / f"{stem}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    return write_build(build(b, arch, ptx_version=ptx_version), b.name, arch, out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,24 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = BlockSparseBuild(mode=args.mode, causal=args.causal, block_size=args.block_size, kv_group=args.kv_group,
                             max_kv_len=args.max_kv_len, rectify=args.rectify)  # fmt: skip
-    failed = 0
-    for arch in args.arch:
-        for layout in args.layout:
-            for d in args.head_dim:
-                for dtype in args.dtype:
-                    b = replace(base, head_dim=d, dtype=dtype, layout=layout,
-                                rectify=args.rectify and layout != "window")  # fmt: skip
-                    try:
-                        path = write(b, arch, args.out, ptx_version=args.ptx_version)
-                    except AotBuildError as exc:
-                        failed += 1
-                        print(f"sm_{arch} {b.name}: FAILED: {exc}", file=sys.stderr)
-                        continue
-                    for k in json.loads(path.read_text())["kernels"]:
-                        print(f"sm_{arch} {b.name} {k['kernel']}: {k['ptx_target']} shared={k['shared_bytes']}"
-                              f"/{k['max_shared_bytes']} warps={k['num_warps']} stages={k['num_stages']} "
-                              f"regs={k['registers']} spills={k['spill_bytes']}", flush=True)  # fmt: skip
-    return 1 if failed else 0
+    builds = [
+        (arch, replace(base, head_dim=d, dtype=dtype, layout=layout, rectify=args.rectify and layout != "window"))
+        for arch in args.arch for layout in args.layout for d in args.head_dim for dtype in args.dtype
+    ]
+    return build_all(builds, write, args.out, args.ptx_version)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Run ``python -m edgeattn.plugins.token_kernels.aot --out DIR`` without ``TRITON_
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, AotBuildError, KernelParam, compile_aot
+from ..triton_aot import TARGETS, KernelParam, build_all, compile_aot, write_build
 
 __all__ = ["TokenScoreBuild", "TokenSelectBuild", "build", "main", "parameter_order", "write"]
 
@@ -192,16 +191,8 @@ def build(b: Build, arch: int, *, ptx_version: int | None = None) -> dict[str, A
 
 
 def write(b: Build, arch: int, out_dir: Path, *, ptx_version: int | None = None) -> Path:
-    record = build(b, arch, ptx_version=ptx_version)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{b.name}.sm{arch}"
-    for entry in record["kernels"]:
-        ptx_path = out_dir / f"{stem}.{entry['kernel']}.ptx"
-        ptx_path.write_text(entry.pop("ptx"))
-        entry["ptx_file"] = ptx_path.name
-    path = out_dir / f"{stem}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    """Build and write ``<variant>.sm<arch>.json`` plus one ``.ptx`` per kernel; returns the JSON path."""
+    return write_build(build(b, arch, ptx_version=ptx_version), b.name, arch, out_dir)
 
 
 def default_builds(max_tokens: int = 2304) -> list[Build]:
@@ -220,20 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=2304)
     parser.add_argument("--ptx-version", type=int, default=None)
     args = parser.parse_args(argv)
-    failed = 0
-    for arch in args.arch:
-        for b in default_builds(args.max_tokens):
-            try:
-                path = write(b, arch, args.out, ptx_version=args.ptx_version)
-            except AotBuildError as exc:
-                failed += 1
-                print(f"sm_{arch} {b.name}: FAILED: {exc}", file=sys.stderr)
-                continue
-            for k in json.loads(path.read_text())["kernels"]:
-                print(f"sm_{arch} {b.name} {k['kernel']}: {k['ptx_target']} shared={k['shared_bytes']}"
-                      f"/{k['max_shared_bytes']} warps={k['num_warps']} regs={k['registers']} "
-                      f"spills={k['spill_bytes']}", flush=True)  # fmt: skip
-    return 1 if failed else 0
+    builds = [(arch, b) for arch in args.arch for b in default_builds(args.max_tokens)]
+    return build_all(builds, write, args.out, args.ptx_version)
 
 
 if __name__ == "__main__":
