@@ -539,7 +539,7 @@ def prefill_case(entry: dict, plan: Plan, ops, config, d: int, L: int, backends:
     if "cfg" not in tuned:  # small warps/stages tune at the first length, reused for the others
         tuned["cfg"] = config.default_config(d, plan.block_m, plan.block_n, decode=False)
         timed = []
-        for c in (ops.KernelConfig(8, 3, 2), ops.KernelConfig(8, 2, 2), ops.KernelConfig(4, 3, 2)) if plan.tune else ():
+        for c in (ops.KernelConfig(8, 3, 1), ops.KernelConfig(8, 2, 1), ops.KernelConfig(4, 3, 1)) if plan.tune else ():
             r = guarded(entry, f"{tag} tune w{c.num_warps}s{c.num_stages}", lambda c=c: {
                 "mode": "prefill", "d": d, "L": L, "variant": "dense-tune", "config": vars(c),
                 "ms": bench_ms(plan, lambda: kernel(c=c), graph=True)})  # fmt: skip

@@ -265,6 +265,8 @@ def main() -> None:
     repeats = [int(x) for x in args.repeats.split(",")]
     started = time.perf_counter()
     loads = {"start": load_average()}
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         folder = args.export

@@ -26,7 +26,9 @@ def default_config(head_dim: int, block_m: int, block_n: int, *, decode: bool, a
     """Settings for an H100/H200-class GPU (``arch`` 90), kept inside the shared memory of sm_87/89.
 
     Prefill is compute-bound: 8 warps for 128-row tiles (two Hopper warpgroups), 3 stages (2 when a
-    128-wide head would overflow the 99 KB of sm_86/89), V prefetched one tile ahead in skip mode.
+    128-wide head would overflow the 99 KB of sm_86/89). Skip mode reads V only for processed tiles
+    in prefill too: on an H200 (``benchmarks/gpu_skip_ablation.py``, L = 16384, ~75 % of tiles
+    skipped) that ran 1.27x (d = 128) and 1.11x (d = 64) faster than prefetching V one tile ahead.
     Decode (a few query rows) is bandwidth-bound: 4 warps, V read only for processed tiles.
     """
     if decode:
@@ -34,7 +36,7 @@ def default_config(head_dim: int, block_m: int, block_n: int, *, decode: bool, a
     warps = 8 if block_m >= 128 else 4
     tile_bytes = 2 * head_dim * (block_m + 2 * block_n)  # Q + one stage of K and V, 16-bit
     stages = 3 if arch in (80, 87, 90) or tile_bytes * 2 <= 64 * 1024 else 2
-    return KernelConfig(num_warps=warps, num_stages=stages, v_load=2)
+    return KernelConfig(num_warps=warps, num_stages=stages, v_load=1)
 
 
 def kernel_block_m(q_len: int, block_m: int) -> int:

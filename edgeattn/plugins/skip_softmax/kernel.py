@@ -17,10 +17,10 @@ first imported.
     tail/diagonal tiles with the mask, so the common tile pays for no compares.
     ``V_LOAD`` says where a skip-mode kernel reads V: 0 with K (the compiler sinks that load into
     the processed branch anyway, where nothing prefetches it), 1 inside the processed branch (a
-    skipped tile never reads V: what saves bandwidth in decode), 2 one tile ahead into registers
-    (prefill: the load latency hides behind the current tile; skipped tiles are read anyway, which
-    a compute-bound prefill can afford). Dense mode always loads V with K, where Triton's software
-    pipeline prefetches both into shared memory.
+    skipped tile never reads V; the default, fastest on an H200 in prefill and decode alike, see
+    ``benchmarks/gpu_skip_ablation.py``), 2 one tile ahead into registers (the load latency hides
+    behind the current tile; skipped tiles are read anyway). Dense mode always loads V with K, where
+    Triton's software pipeline prefetches both into shared memory.
 
 Parameter order follows TensorRT's AOT launch convention: input pointers, scalars, output pointers,
 then compile-time constants. The two floats (``sm_scale``, ``log2_scale_factor``) are runtime
