@@ -253,3 +253,21 @@ def test_block_select_heads_and_layouts_on_3d_inputs():
     assert rel_err(body, as3d(reference)) <= TOL
     dense = _dense(q, k, v, causal=2)
     assert rel_err(reference[:, :2], dense[:, :2]) <= TOL  # key/value head 0 (query heads 0-1) is dense
+
+
+@pytest.mark.parametrize("batch,kv_heads,group,length,block", [(1, 2, 2, 128, 16), (2, 1, 3, 96, 32), (1, 3, 3, 64, 16)])
+def test_ms_sparse_attention_matches_the_function_body(batch, kv_heads, group, length, block):
+    """onnxruntime's com.microsoft.SparseAttention (the alternative the gather lowering is measured
+    against in benchmarks/ms_sparse_attention.py) computes what BlockSparseAttention's mask layout
+    means: the listed causal blocks, the causal rule inside the diagonal block."""
+    from benchmarks.ms_sparse_attention import MsSparseAttention, causal_layout
+
+    rng = np.random.default_rng(length + block)
+    q, k, v = _qkv(rng, batch, kv_heads * group, kv_heads, length, length, 16)
+    layout = causal_layout(length // block, 0.3, seed=block)
+    assert not layout.all(axis=None) and (np.tril(layout) == layout).all()
+    got = MsSparseAttention(kv_heads * group, kv_heads, block, layout, scale=0.25)(q, k, v)
+    attrs = full_attrs(SPARSE, layout="mask", causal=1, block_size=block, scale=0.25)
+    (body,) = run_body(SPARSE, [q, k, v, None, np.broadcast_to(layout, (batch, 1, *layout.shape)).copy()], attrs)
+    assert rel_err(got, body) <= TOL
+    assert rel_err(got, _dense(q, k, v, causal=1)) > 1e-2  # blocks were left out
