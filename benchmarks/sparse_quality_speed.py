@@ -168,16 +168,21 @@ def skip_softmax(folder: Path, work: Path, factors: list[float], cases: list[tup
 MICRO_LAYERS = 6
 
 
-def attention_site(length: int, layers: int = MICRO_LAYERS) -> Any:
-    """`layers` opset-23 Attention sites as the export writes them (GQA 9/3, one bool mask from
-    attention_mask shared by every layer), each with its own Q, K, V inputs."""
+def attention_site(length: int | None = None, layers: int = MICRO_LAYERS, q_heads: int = 9, kv_heads: int = 3,
+                   head: int = 64, batch: int | str = 1, indexed: bool = True) -> Any:
+    """`layers` opset-23 Attention sites as the export writes them (default: SmolLM2's GQA 9/3, d = 64),
+    one bool mask And(causal(positions), padding(attention_mask)) shared by every layer, each layer
+    with its own Q, K, V inputs (`q0, k0, v0, ...`; `q, k, v` with `indexed=False` and one layer).
+    `length` fixes the sequence dims (None: symbolic `sequence`/`total`)."""
     import onnx
     from onnx import TensorProto as T
     from onnx import helper as h
 
+    seq: Any = length if length is not None else "sequence"
+    total: Any = length if length is not None else "total"
     nodes = [
-        h.make_node("Shape", ["q0"], ["q_len_1d"], start=2, end=3),
-        h.make_node("Shape", ["k0"], ["k_len_1d"], start=2, end=3),
+        h.make_node("Shape", ["q" + ("0" if indexed else "")], ["q_len_1d"], start=2, end=3),
+        h.make_node("Shape", ["k" + ("0" if indexed else "")], ["k_len_1d"], start=2, end=3),
         h.make_node("Squeeze", ["q_len_1d"], ["q_len"]),
         h.make_node("Squeeze", ["k_len_1d"], ["k_len"]),
         h.make_node("Sub", ["k_len", "q_len"], ["past"]),
@@ -198,15 +203,17 @@ def attention_site(length: int, layers: int = MICRO_LAYERS) -> Any:
     ]
     inputs, outputs = [], []
     for layer in range(layers):
-        q, k, v, y = (f"{x}{layer}" for x in "qkvy")
-        nodes.append(h.make_node("Attention", [q, k, v, "mask"], [y], scale=0.125, name=f"layers.{layer}.attn"))
-        inputs += [h.make_tensor_value_info(q, T.FLOAT, [1, 9, "sequence", 64]),
-                   h.make_tensor_value_info(k, T.FLOAT, [1, 3, "total", 64]),
-                   h.make_tensor_value_info(v, T.FLOAT, [1, 3, "total", 64])]
+        q, k, v, y = (f"{x}{layer}" if indexed else x for x in "qkvy")
+        nodes.append(h.make_node("Attention", [q, k, v, "mask"], [y], scale=1.0 / math.sqrt(head),
+                                 name=f"layers.{layer}.attn"))
+        inputs += [h.make_tensor_value_info(q, T.FLOAT, [batch, q_heads, seq, head]),
+                   h.make_tensor_value_info(k, T.FLOAT, [batch, kv_heads, total, head]),
+                   h.make_tensor_value_info(v, T.FLOAT, [batch, kv_heads, total, head])]
         outputs.append(h.make_tensor_value_info(y, T.FLOAT, None))
-    inputs.append(h.make_tensor_value_info("attention_mask", T.INT64, [1, "total"]))
-    value_info = [h.make_tensor_value_info("causal", T.BOOL, [1, 1, "sequence", "total"]),
-                  h.make_tensor_value_info("mask", T.BOOL, [1, 1, "sequence", "total"])]  # as the export records
+    inputs.append(h.make_tensor_value_info("attention_mask", T.INT64, [batch, total]))
+    # The dims an exporter records (dynamo writes symbolic shapes for every value).
+    value_info = [h.make_tensor_value_info("causal", T.BOOL, [1, 1, seq, total]),
+                  h.make_tensor_value_info("mask", T.BOOL, [batch, 1, seq, total])]
     graph = h.make_graph(nodes, "attention", inputs, outputs, value_info=value_info)
     return onnx.shape_inference.infer_shapes(h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10))
 

@@ -9,8 +9,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto as T
-from onnx import helper as h
 
 from edgeattn.graphs.lower import lower
 from edgeattn.graphs.sparse.lower_ort import lower_for_ort
@@ -91,41 +89,11 @@ def full_attrs(spec: OpSpec, **given: Any) -> dict[str, Any]:
 
 
 def attention_site(q_heads: int = 4, kv_heads: int = 2, head: int = 8, static_len: int | None = None) -> onnx.ModelProto:
-    """One opset-23 Attention site with the export's mask: And(causal(positions), padding(attention_mask))."""
-    seq: Any = static_len if static_len is not None else "sequence"
-    total: Any = static_len if static_len is not None else "total"
-    nodes = [
-        h.make_node("Shape", ["q"], ["q_len_1d"], start=2, end=3),
-        h.make_node("Shape", ["k"], ["k_len_1d"], start=2, end=3),
-        h.make_node("Squeeze", ["q_len_1d"], ["q_len"]),
-        h.make_node("Squeeze", ["k_len_1d"], ["k_len"]),
-        h.make_node("Sub", ["k_len", "q_len"], ["past"]),
-        h.make_node("Constant", [], ["zero"], value=h.make_tensor("zero", T.INT64, [], [0])),
-        h.make_node("Constant", [], ["one"], value=h.make_tensor("one", T.INT64, [], [1])),
-        h.make_node("Range", ["zero", "q_len", "one"], ["rows0"]),
-        h.make_node("Add", ["rows0", "past"], ["rows"]),
-        h.make_node("Range", ["zero", "k_len", "one"], ["cols"]),
-        h.make_node("Constant", [], ["ax_r"], value=h.make_tensor("ax_r", T.INT64, [3], [0, 1, 3])),
-        h.make_node("Constant", [], ["ax_c"], value=h.make_tensor("ax_c", T.INT64, [3], [0, 1, 2])),
-        h.make_node("Unsqueeze", ["rows", "ax_r"], ["rows4"]),
-        h.make_node("Unsqueeze", ["cols", "ax_c"], ["cols4"]),
-        h.make_node("LessOrEqual", ["cols4", "rows4"], ["causal"]),
-        h.make_node("Cast", ["attention_mask"], ["pad"], to=T.BOOL),
-        h.make_node("Constant", [], ["ax_p"], value=h.make_tensor("ax_p", T.INT64, [2], [1, 2])),
-        h.make_node("Unsqueeze", ["pad", "ax_p"], ["pad4"]),
-        h.make_node("And", ["causal", "pad4"], ["mask"]),
-        h.make_node("Attention", ["q", "k", "v", "mask"], ["y"], scale=1.0 / float(np.sqrt(head))),
-    ]
-    inputs = [h.make_tensor_value_info("q", T.FLOAT, ["batch", q_heads, seq, head]),
-              h.make_tensor_value_info("k", T.FLOAT, ["batch", kv_heads, total, head]),
-              h.make_tensor_value_info("v", T.FLOAT, ["batch", kv_heads, total, head]),
-              h.make_tensor_value_info("attention_mask", T.INT64, ["batch", total])]
-    # The dims an exporter records (dynamo writes symbolic shapes for every value).
-    value_info = [h.make_tensor_value_info("causal", T.BOOL, [1, 1, seq, total]),
-                  h.make_tensor_value_info("mask", T.BOOL, ["batch", 1, seq, total])]
-    graph = h.make_graph(nodes, "site", inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], value_info=value_info)
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 23)], ir_version=10)
-    return onnx.shape_inference.infer_shapes(model)
+    """One opset-23 Attention site with the export's mask: And(causal(positions), padding(attention_mask))
+    (inputs q, k, v, attention_mask; output y), the builder the sparse benchmark times."""
+    from benchmarks.sparse_quality_speed import attention_site as sites
+
+    return sites(static_len, layers=1, q_heads=q_heads, kv_heads=kv_heads, head=head, batch="batch", indexed=False)
 
 
 def attention_feeds(rng: np.random.Generator, batch: int, q_heads: int, kv_heads: int, q_len: int, kv_len: int,
