@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.plugins.body import DUPLICATE_SNAP
+from edgeattn.plugins.token_nodes import DUPLICATE_SNAP
 from edgeattn.plugins.token_kernels import ops
 from edgeattn.plugins.token_kernels import selection as kernels
 from edgeattn.plugins.token_score.reference import token_score_reference

@@ -235,9 +235,7 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
         key = split_heads(b, key, int(attrs["kv_num_heads"] or attrs["q_num_heads"]))
     geo = geometry(b, query, key, int(attrs["block_size"]), int(attrs["causal"]))
     selected, _, _ = select(b, query, key, attrs, geo, keep_input, threshold_input)
-    selected = b.op("Identity", selected)
-    selected.name = "block_mask"
-    return b.function(DOMAIN, NAME, overload, [selected], declared_attributes(ATTRIBUTES),
+    return b.function(DOMAIN, NAME, overload, {"block_mask": selected}, declared_attributes(ATTRIBUTES),
                       f"edgeattn.BlockSelect body {overload}")
 
 

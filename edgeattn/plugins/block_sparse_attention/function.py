@@ -75,11 +75,9 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
                                       with_density=call.outputs > 1)
     if rank == 3:
         out = merge_heads(b, out)
-    out.name = "Y"
-    outputs = [out]
+    outputs = {"Y": out}
     if density is not None:
-        density.name = "density"
-        outputs.append(density)
+        outputs["density"] = density
     return b.function(DOMAIN, NAME, overload, outputs, declared_attributes(ATTRIBUTES),
                       f"edgeattn.BlockSparseAttention body {overload}")
 

@@ -57,11 +57,9 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
                                     with_ratio=call.outputs > 1)
     if rank == 3:
         out = merge_heads(b, out)
-    out.name = "Y"
-    outputs = [out]
+    outputs = {"Y": out}
     if ratio is not None:
-        ratio.name = "skip_ratio"
-        outputs.append(ratio)
+        outputs["skip_ratio"] = ratio
     return b.function(DOMAIN, NAME, overload, outputs, declared_attributes(ATTRIBUTES),
                       f"edgeattn.SkipSoftmaxAttention body {overload}")
 

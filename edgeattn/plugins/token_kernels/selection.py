@@ -14,7 +14,7 @@ so that equal scores order by position. Nothing sorts: a k-th largest key is fou
 ``token_chunk_variance_fwd`` — grid ``(R, B)``: per chunk, HoloV's v_i, the (unbiased) variance of
     token i's cosine similarities to the other tokens of its chunk (norms, then row tiles of the
     chunk's Gram matrix on tensor cores, fp32 accumulation; cos = G_ij / (|z_i| |z_j|), within 1e-6
-    of 1 snapped to 1 as ``DUPLICATE_SNAP`` of ``plugins/body.py``), and the token's rank by score
+    of 1 snapped to 1 as ``DUPLICATE_SNAP`` of ``plugins/token_nodes.py``), and the token's rank by score
     inside its chunk (pairwise counts). Writes Var fp32 and Rank int32 ``[B, N]``.
 ``token_regions_fwd`` — grid ``(B,)``: s_i = a'_i + alpha·v_i·mean|a'|/mean|v| (a' =
     attention_scale·a, fp32), chunk weights = mean s (fp64), quotas ⌊k·c/Σc + 0.001⌋ capped by the

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from edgeattn.plugins.body import FLOAT, Body
+from edgeattn.plugins.bodies import FLOAT, INT64, declared_attributes
 from edgeattn.plugins.spec import DOMAIN, CallFacts, Target
+from edgeattn.plugins.token_nodes import TokenNodes
 from edgeattn.plugins.token_score.spec import ATTENTION_SOURCES, ATTRIBUTES, NAME
 
 
@@ -66,7 +67,7 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
 
 
 def build_body(variant: Variant, overload: str) -> ir.Function:
-    body = Body(variant.opset)
+    body = TokenNodes(variant.opset)
     # Every formal input is declared (a node may omit optional ones); only the present ones are read.
     formal = {name: body.input(name) for name in ("X", "Y", "prior", "weights", "valid")}
     x = body.to_float(formal["X"])
@@ -84,14 +85,13 @@ def build_body(variant: Variant, overload: str) -> ir.Function:
         scores = body.op("Mul", scores, weights)
     if valid is not None:
         keep = body.op("Not", body.op("Equal", body.to_float(valid), body.const(np.float32(0))))
-        scores = body.op("Mul", scores, body.op("Cast", keep, to=FLOAT))
-    function = body.finish(DOMAIN, NAME, overload, [(scores, "scores")], ATTRIBUTES)
-    function.doc_string = f"edgeattn.TokenScore body {variant.key}"
-    return function
+        scores = body.op("Mul", scores, body.cast(keep, FLOAT))
+    return body.function(DOMAIN, NAME, overload, {"scores": scores}, declared_attributes(ATTRIBUTES),
+                         f"edgeattn.TokenScore body {variant.key}")
 
 
 # -- attention sources ---------------------------------------------------------------------------
-def _attention_score(body: Body, variant: Variant, x: ir.Value, y: ir.Value | None) -> ir.Value:
+def _attention_score(body: TokenNodes, variant: Variant, x: ir.Value, y: ir.Value | None) -> ir.Value:
     if variant.operands == "probs":
         rows = _rows_from_probs(body, variant.source, x)
     else:
@@ -99,55 +99,49 @@ def _attention_score(body: Body, variant: Variant, x: ir.Value, y: ir.Value | No
         if variant.operands == "qk3":
             q, k = _split_heads(body, q, "q_num_heads"), _split_heads(body, k, "kv_num_heads")
         rows = _rows_from_qk(body, variant.source, q, k)
-    skip = body.vector(body.ref_int("skip"))
-    rows = body.op("Slice", rows, skip, body.ints(1 << 62), body.ints(-1))  # [B, H, N]
+    skip = body.vec(body.ref_int("skip"))
+    rows = body.op("Slice", rows, skip, body.i64(1 << 62), body.i64(-1))  # [B, H, N]
     return body.reduce("Mean" if variant.head_reduce == "mean" else "Max", rows, [1])
 
 
-def _rows_from_probs(body: Body, source: str, probs: ir.Value) -> ir.Value:
+def _rows_from_probs(body: TokenNodes, source: str, probs: ir.Value) -> ir.Value:
     if source == "cls":
         return body.op("Gather", probs, body.ref_int("query"), axis=2)
     return body.reduce("Mean", probs, [2])
 
 
-def _split_heads(body: Body, value: ir.Value, heads_attr: str) -> ir.Value:
+def _split_heads(body: TokenNodes, value: ir.Value, heads_attr: str) -> ir.Value:
     """[B, S, H·d] -> [B, H, S, d] (H from the node's attribute)."""
-    heads = body.vector(body.ref_int(heads_attr))
-    shape = body.op("Concat", body.ints(0, 0), heads, body.ints(-1), axis=0)
-    return body.op("Transpose", body.op("Reshape", value, shape), perm=[0, 2, 1, 3])
+    heads = body.ref_int(heads_attr)
+    return body.op("Transpose", body.reshape(value, 0, 0, heads, -1), perm=[0, 2, 1, 3])
 
 
-def _rows_from_qk(body: Body, source: str, q: ir.Value, k: ir.Value) -> ir.Value:
+def _rows_from_qk(body: TokenNodes, source: str, q: ir.Value, k: ir.Value) -> ir.Value:
     """Per-head [CLS] rows or column means [B, Hq, S] from Q [B, Hq, Sq, d], K [B, Hkv, S, d].
 
     Query heads are grouped onto their key head (h // (Hq/Hkv)) by a reshape, so K is never repeated."""
     if source == "cls":
-        query = body.vector(body.ref_int("query"))
-        q = body.op("Slice", q, query, body.op("Add", query, body.ints(1)), body.ints(2))  # [B, Hq, 1, d]
-    q_shape = body.op("Shape", q)
-    batch, q_heads = body.dim(q, 0), body.dim(q, 1)
+        query = body.vec(body.ref_int("query"))
+        q = body.op("Slice", q, query, body.op("Add", query, body.i64(1)), body.i64(2))  # [B, Hq, 1, d]
+    batch, q_heads, q_len = body.dim(q, 0), body.dim(q, 1), body.dim(q, 2)
     kv_heads = body.dim(k, 1)
     head_size = body.dim(q, -1)
-    grouped_shape = body.op("Concat", body.vector(batch), body.vector(kv_heads), body.ints(-1), body.vector(head_size), axis=0)
-    grouped = body.op("Reshape", q, grouped_shape)  # [B, Hkv, g·Sq, d]
+    grouped = body.reshape(q, batch, kv_heads, -1, head_size)  # [B, Hkv, g·Sq, d]
     logits = body.op("MatMul", grouped, body.op("Transpose", k, perm=[0, 1, 3, 2]))
     logits = body.op("Mul", logits, _scale(body, head_size))
     probs = body.op("Softmax", logits, axis=-1)  # [B, Hkv, g·Sq, S]
-    seq_len = body.dim(k, 2)
-    q_len = body.op("Gather", q_shape, body.const(np.int64(2)), axis=0)
-    per_head = body.op("Concat", body.vector(batch), body.vector(q_heads), body.vector(q_len), body.vector(seq_len), axis=0)
-    probs = body.op("Reshape", probs, per_head)  # [B, Hq, Sq, S]
+    probs = body.reshape(probs, batch, q_heads, q_len, body.dim(k, 2))  # [B, Hq, Sq, S]
     return body.reduce("Mean", probs, [2])
 
 
-def _scale(body: Body, head_size: ir.Value) -> ir.Value:
+def _scale(body: TokenNodes, head_size: ir.Value) -> ir.Value:
     given = body.ref_float("scale")
-    inverse_sqrt = body.op("Reciprocal", body.op("Sqrt", body.op("Cast", head_size, to=FLOAT)))
+    inverse_sqrt = body.op("Reciprocal", body.op("Sqrt", body.to_float(head_size)))
     return body.op("Where", body.op("Greater", given, body.const(np.float32(0))), given, inverse_sqrt)
 
 
 # -- text relevance (FlashVLM) -------------------------------------------------------------------
-def _text_score(body: Body, z: ir.Value, e: ir.Value, prior: ir.Value | None) -> ir.Value:
+def _text_score(body: TokenNodes, z: ir.Value, e: ir.Value, prior: ir.Value | None) -> ir.Value:
     sim = body.cosine(z, e)  # [B, N, T]
     weights = body.op("Softmax", body.op("Div", sim, body.ref_float("text_temperature")), axis=-1)
     relevance = body.reduce("Sum", body.op("Mul", weights, sim), [-1])  # [B, N]
@@ -163,23 +157,23 @@ def _text_score(body: Body, z: ir.Value, e: ir.Value, prior: ir.Value | None) ->
     return body.minmax(body.op("Mul", attention, body.op("Pow", t, eta)))
 
 
-def _quantile(body: Body, values: ir.Value) -> ir.Value:
+def _quantile(body: TokenNodes, values: ir.Value) -> ir.Value:
     """The `quantile` quantile of each row of values [B, N] with linear interpolation (torch.quantile), [B, 1]."""
     count = body.dim(values, -1)
     ordered, _ = body.stable_order(values, count, largest=0)
-    last = body.op("Cast", body.op("Sub", count, body.const(np.int64(1))), to=FLOAT)
+    last = body.to_float(body.op("Sub", count, body.const(np.int64(1))))
     position = body.op("Mul", body.ref_float("quantile"), last)
     low = body.op("Floor", position)
     fraction = body.op("Sub", position, low)
-    low_index = body.op("Cast", low, to=int(ir.DataType.INT64))
+    low_index = body.cast(low, INT64)
     high_index = body.op("Min", body.op("Add", low_index, body.const(np.int64(1))), body.op("Sub", count, body.const(np.int64(1))))
-    low_value = body.op("Gather", ordered, body.vector(low_index), axis=1)
-    high_value = body.op("Gather", ordered, body.vector(high_index), axis=1)
+    low_value = body.op("Gather", ordered, body.vec(low_index), axis=1)
+    high_value = body.op("Gather", ordered, body.vec(high_index), axis=1)
     return body.op("Add", low_value, body.op("Mul", fraction, body.op("Sub", high_value, low_value)))
 
 
 # -- projector sensitivity (ZOO-Prune) -----------------------------------------------------------
-def _sensitivity(body: Body, plus: ir.Value, minus: ir.Value) -> ir.Value:
+def _sensitivity(body: TokenNodes, plus: ir.Value, minus: ir.Value) -> ir.Value:
     diff = body.op("Sub", plus, minus)
     norms = body.op("Sqrt", body.reduce("Sum", body.op("Mul", diff, diff), [-1]))  # [B, N, m]
     mean = body.reduce("Mean", norms, [-1])

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from edgeattn.plugins.body import FLOAT, INT64, Body
+from edgeattn.plugins.bodies import FLOAT, INT64, declared_attributes
 from edgeattn.plugins.spec import DOMAIN, CallFacts, Target
+from edgeattn.plugins.token_nodes import TokenNodes
 from edgeattn.plugins.token_select.reference import QUOTA_SLACK
 from edgeattn.plugins.token_select.spec import ATTRIBUTES, NAME
 
-DOUBLE = int(ir.DataType.DOUBLE)
+DOUBLE = ir.DataType.DOUBLE
 _END = 1 << 62
 
 
@@ -53,12 +54,12 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
 
 
 def build_body(variant: Variant, overload: str) -> ir.Function:
-    body = Body(variant.opset)
+    body = TokenNodes(variant.opset)
     formal = {name: body.input(name) for name in ("scores", "features", "num_tokens", "keys")}
     scores = body.to_float(formal["scores"])
     features = formal["features"]
-    prefix = body.vector(body.ref_int("prefix"))
-    candidates = body.op("Slice", features, prefix, body.ints(_END), body.ints(1))
+    prefix = body.vec(body.ref_int("prefix"))
+    candidates = body.op("Slice", features, prefix, body.i64(_END), body.i64(1))
     if variant.k_input:
         k = body.op("Reshape", formal["num_tokens"], body.const(np.zeros(0, np.int64)))
     else:
@@ -75,14 +76,13 @@ def build_body(variant: Variant, overload: str) -> ir.Function:
     kept = body.ascending(chosen)
     selected = body.gather_rows(candidates, kept)
     if variant.keep_prefix:
-        head = body.op("Slice", features, body.ints(0), prefix, body.ints(1))
+        head = body.op("Slice", features, body.i64(0), prefix, body.i64(1))
         selected = body.op("Concat", head, selected, axis=1)
-    function = body.finish(DOMAIN, NAME, overload, [(selected, "selected"), (kept, "kept_indices")], ATTRIBUTES)
-    function.doc_string = f"edgeattn.TokenSelect body {variant.key}"
-    return function
+    return body.function(DOMAIN, NAME, overload, {"selected": selected, "kept_indices": kept},
+                         declared_attributes(ATTRIBUTES), f"edgeattn.TokenSelect body {variant.key}")
 
 
-def _pairwise_rank(body: Body, values: ir.Value, positions: ir.Value, within: ir.Value | None) -> ir.Value:
+def _pairwise_rank(body: TokenNodes, values: ir.Value, positions: ir.Value, within: ir.Value | None) -> ir.Value:
     """For values [B, M]: how many entries come before each one in decreasing order (ties: lower position
     first), counting only entries where `within` [M, M] is true. Returns [B, M] double."""
     row, col = body.unsqueeze(values, 2), body.unsqueeze(values, 1)  # [B, M, 1], [B, 1, M]
@@ -91,42 +91,42 @@ def _pairwise_rank(body: Body, values: ir.Value, positions: ir.Value, within: ir
     ahead = body.op("Or", greater, body.op("And", body.op("Equal", col, row), lower))
     if within is not None:
         ahead = body.op("And", ahead, within)
-    return body.reduce("Sum", body.op("Cast", ahead, to=DOUBLE), [-1])
+    return body.reduce("Sum", body.cast(ahead, DOUBLE), [-1])
 
 
-def _regions(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
+def _regions(body: TokenNodes, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
     """HoloV (see the spec): quota seats first, leftover seats round by round, heaviest chunk first."""
     n = body.dim(scores, 1)
-    parts = body.op("Min", body.op("Cast", body.ref_int("regions"), to=INT64), n)
+    parts = body.op("Min", body.cast(body.ref_int("regions"), INT64), n)
     base, extra = body.op("Div", n, parts), body.op("Mod", n, parts)
-    pos = body.positions(n)
+    pos = body.arange(n)
     boundary = body.op("Mul", extra, body.op("Add", base, body.const(np.int64(1))))
     long_chunk = body.op("Div", pos, body.op("Add", base, body.const(np.int64(1))))
     short_chunk = body.op("Add", extra, body.op("Div", body.op("Sub", pos, boundary), base))
     cid = body.op("Where", body.op("Less", pos, boundary), long_chunk, short_chunk)  # [N]
     same = body.op("Equal", body.unsqueeze(cid, 1), body.unsqueeze(cid, 0))  # [N, N]
-    others = body.op("Cast", body.op("And", same, body.op("Not", body.op("Equal", body.unsqueeze(pos, 1),
-                                                                                 body.unsqueeze(pos, 0)))), to=FLOAT)
+    others = body.cast(body.op("And", same, body.op("Not", body.op("Equal", body.unsqueeze(pos, 1),
+                                                                   body.unsqueeze(pos, 0)))), FLOAT)
     variance = _chunk_variance(body, body.cosine(keys), others)
     scaled = body.op("Mul", scores, body.ref_float("attention_scale"))
     ratio = body.op("Div", body.reduce("Mean", body.op("Abs", scaled), [-1], keepdims=1),
                     body.op("Max", body.reduce("Mean", body.op("Abs", variance), [-1], keepdims=1),
                             body.const(np.float32(1e-12))))
     token_score = body.op("Add", scaled, body.op("Mul", body.op("Mul", variance, body.ref_float("alpha")), ratio))
-    onehot = body.op("Cast", body.op("Equal", body.unsqueeze(cid, 1), body.unsqueeze(body.positions(parts), 0)),
-                     to=DOUBLE)  # [N, R]
+    onehot = body.cast(body.op("Equal", body.unsqueeze(cid, 1), body.unsqueeze(body.arange(parts), 0)),
+                       DOUBLE)  # [N, R]
     sizes = body.reduce("Sum", onehot, [0])  # [R]
-    weight = body.op("Div", body.op("MatMul", body.op("Cast", token_score, to=DOUBLE), onehot), sizes)  # [B, R]
+    weight = body.op("Div", body.op("MatMul", body.cast(token_score, DOUBLE), onehot), sizes)  # [B, R]
     total = body.reduce("Sum", weight, [-1], keepdims=1)
     positive = body.op("Greater", total, body.const(np.float64(0)))
     weight = body.op("Where", positive, weight, body.const(np.float64(1)))
-    total = body.op("Where", positive, total, body.op("Cast", parts, to=DOUBLE))
-    share = body.op("Div", body.op("Mul", body.op("Cast", k, to=DOUBLE), weight), total)
+    total = body.op("Where", positive, total, body.cast(parts, DOUBLE))
+    share = body.op("Div", body.op("Mul", body.cast(k, DOUBLE), weight), total)
     quota = body.op("Min", body.op("Floor", body.op("Add", share, body.const(np.float64(QUOTA_SLACK)))), sizes)
-    chunk_rank = _pairwise_rank(body, weight, body.positions(parts), None)  # [B, R]
+    chunk_rank = _pairwise_rank(body, weight, body.arange(parts), None)  # [B, R]
     seat = _pairwise_rank(body, scores, pos, same)  # rank of each token inside its chunk, [B, N]
     behind = body.op("Sub", seat, body.op("Gather", quota, cid, axis=1))
-    later = body.op("Add", body.op("Mul", behind, body.op("Cast", parts, to=DOUBLE)),
+    later = body.op("Add", body.op("Mul", behind, body.cast(parts, DOUBLE)),
                     body.op("Gather", chunk_rank, cid, axis=1))
     priority = body.op("Where", body.op("Less", behind, body.const(np.float64(0))), body.const(np.float64(1)),
                        body.op("Neg", later))
@@ -134,7 +134,7 @@ def _regions(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Va
     return chosen
 
 
-def _chunk_variance(body: Body, cos: ir.Value, others: ir.Value) -> ir.Value:
+def _chunk_variance(body: TokenNodes, cos: ir.Value, others: ir.Value) -> ir.Value:
     """Unbiased variance of each token's cosine similarities to the other tokens of its chunk, [B, N]."""
     count = body.reduce("Sum", others, [-1])  # [N]
     mean = body.op("Div", body.reduce("Sum", body.op("Mul", cos, others), [-1]),
@@ -145,27 +145,27 @@ def _chunk_variance(body: Body, cos: ir.Value, others: ir.Value) -> ir.Value:
                                            body.const(np.float32(1))))
 
 
-def _diversity(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
+def _diversity(body: TokenNodes, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
     """VisPruner / FlashVLM: top ⌊k·ratio⌋ by score, then bipartite de-duplication of the rest."""
     n = body.dim(scores, 1)
-    important = body.op("Cast", body.op("Floor", body.op("Mul", body.op("Cast", k, to=FLOAT),
-                                                         body.ref_float("important_ratio"))), to=INT64)
+    important = body.cast(body.op("Floor", body.op("Mul", body.cast(k, FLOAT), body.ref_float("important_ratio"))),
+                          INT64)
     diverse = body.op("Sub", k, important)
     _, order = body.stable_order(scores, n)
-    kept = body.op("Slice", order, body.ints(0), body.vector(important), body.ints(1))
-    residual = body.op("Slice", order, body.vector(important), body.ints(_END), body.ints(1))
-    step = body.op("Cast", body.ref_int("dedup_step"), to=INT64)
+    kept = body.op("Slice", order, body.i64(0), body.vec(important), body.i64(1))
+    residual = body.op("Slice", order, body.vec(important), body.i64(_END), body.i64(1))
+    step = body.cast(body.ref_int("dedup_step"), INT64)
 
-    def dedup(inner: Body, _: ir.Value, carried: list[ir.Value]) -> tuple[list[ir.Value], ir.Value]:
+    def dedup(inner: TokenNodes, _: ir.Value, carried: list[ir.Value]) -> tuple[list[ir.Value], ir.Value]:
         current = carried[0]
         size = inner.dim(current, 1)
         drop = inner.op("Min", step, inner.op("Sub", size, diverse))
-        even = inner.op("Slice", current, inner.ints(0), inner.ints(_END), inner.ints(1), inner.ints(2))
-        odd = inner.op("Slice", current, inner.ints(1), inner.ints(_END), inner.ints(1), inner.ints(2))
+        even = inner.op("Slice", current, inner.i64(0), inner.i64(_END), inner.i64(1), inner.i64(2))
+        odd = inner.op("Slice", current, inner.i64(1), inner.i64(_END), inner.i64(1), inner.i64(2))
         similar = inner.cosine(inner.gather_rows(keys, even), inner.gather_rows(keys, odd))
         best = inner.reduce("Max", similar, [-1])
         _, by_similarity = inner.stable_order(best, inner.dim(even, 1))
-        survivors = inner.op("Slice", by_similarity, inner.vector(drop), inner.ints(_END), inner.ints(1))
+        survivors = inner.op("Slice", by_similarity, inner.vec(drop), inner.i64(_END), inner.i64(1))
         kept_even = inner.op("GatherElements", even, survivors, axis=1)
         remaining = inner.op("Concat", kept_even, odd, axis=1)
         return [remaining], inner.op("Greater", inner.dim(remaining, 1), diverse)
@@ -176,7 +176,7 @@ def _diversity(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.
     return body.op("Concat", kept, residual, axis=1)
 
 
-def _maxmin(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
+def _maxmin(body: TokenNodes, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
     """ZOO-Prune SADS: greedy argmax of minmax(score) x min cosine distance to the kept tokens."""
     low = body.reduce("Min", scores, [-1], keepdims=1)
     high = body.reduce("Max", scores, [-1], keepdims=1)
@@ -184,19 +184,19 @@ def _maxmin(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Val
                      body.op("Add", body.op("Sub", high, low), body.const(np.float32(1e-8))))
     weight = body.op("Where", body.op("Greater", high, low), scaled, body.const(np.float32(1)))
     distance = body.op("Sub", body.const(np.float32(1)), body.cosine(keys))  # [B, N, N]
-    pos = body.positions(body.dim(scores, 1))
+    pos = body.arange(body.dim(scores, 1))
     first = body.op("ArgMax", weight, axis=1, keepdims=1)  # [B, 1]
     nearest = _distance_row(body, distance, first)
-    taken = body.op("Cast", body.op("Equal", body.unsqueeze(pos, 0), first), to=FLOAT)
+    taken = body.cast(body.op("Equal", body.unsqueeze(pos, 0), first), FLOAT)
 
-    def pick(inner: Body, _: ir.Value, carried: list[ir.Value]) -> tuple[list[ir.Value], None]:
+    def pick(inner: TokenNodes, _: ir.Value, carried: list[ir.Value]) -> tuple[list[ir.Value], None]:
         near, mask, chosen = carried
         gain = inner.op("Mul", near, weight)
         gain = inner.op("Where", inner.op("Greater", mask, inner.const(np.float32(0))),
                         inner.const(np.float32(-np.inf)), gain)
         index = inner.op("ArgMax", gain, axis=1, keepdims=1)
         near = inner.op("Min", near, _distance_row(inner, distance, index))
-        mask = inner.op("Max", mask, inner.op("Cast", inner.op("Equal", inner.unsqueeze(pos, 0), index), to=FLOAT))
+        mask = inner.op("Max", mask, inner.cast(inner.op("Equal", inner.unsqueeze(pos, 0), index), FLOAT))
         return [near, mask, inner.op("Concat", chosen, index, axis=1)], None
 
     trips = body.op("Sub", k, body.const(np.int64(1)))
@@ -205,9 +205,8 @@ def _maxmin(body: Body, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Val
     return chosen
 
 
-def _distance_row(body: Body, distance: ir.Value, index: ir.Value) -> ir.Value:
+def _distance_row(body: TokenNodes, distance: ir.Value, index: ir.Value) -> ir.Value:
     """distance[b, index[b], :] for distance [B, N, N] and index [B, 1] -> [B, N]."""
-    width = body.op("Slice", body.op("Shape", distance), body.ints(-1), body.ints(_END), body.ints(0))
-    shape = body.op("Concat", body.op("Shape", index), width, axis=0)
+    shape = body.op("Concat", body.op("Shape", index), body.dims(distance, -1), axis=0)
     rows = body.op("GatherElements", distance, body.op("Expand", body.unsqueeze(index, 2), shape), axis=1)
     return body.squeeze(rows, 1)

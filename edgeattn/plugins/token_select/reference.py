@@ -67,7 +67,7 @@ def cosine(z: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarities; within DUPLICATE_SNAP of 1 they are exactly 1 (duplicates tie exactly)."""
     import torch
 
-    from edgeattn.plugins.body import DUPLICATE_SNAP
+    from edgeattn.plugins.token_nodes import DUPLICATE_SNAP
 
     zn = torch.nn.functional.normalize(z, dim=-1)
     on = zn if other is None else torch.nn.functional.normalize(other, dim=-1)
