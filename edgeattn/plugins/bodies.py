@@ -208,9 +208,10 @@ def declared_attributes(specs: Sequence[Any]) -> list[ir.Attr]:
                     else spec.default) for spec in specs]
 
 
-def split_heads(b: Nodes, value: ir.Value, heads: int) -> ir.Value:
-    """[B, S, H·d] -> [B, H, S, d]."""
-    return b.op("Transpose", b.op("Reshape", value, b.i64(0, 0, heads, -1)), perm=[0, 2, 1, 3])
+def split_heads(b: Nodes, value: ir.Value, heads: int | ir.Value) -> ir.Value:
+    """[B, S, H·d] -> [B, H, S, d]; H is an int or a 0-D int64 value (such as `ref_int`'s)."""
+    shape = b.vec(0, 0, heads, -1) if isinstance(heads, ir.Value) else b.i64(0, 0, heads, -1)
+    return b.op("Transpose", b.op("Reshape", value, shape), perm=[0, 2, 1, 3])
 
 
 def merge_heads(b: Nodes, value: ir.Value) -> ir.Value:

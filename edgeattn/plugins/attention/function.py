@@ -11,18 +11,15 @@ node's attributes by reference, so layers that differ only in them share a body.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from edgeattn.plugins.attention.spec import ATTRIBUTES, NAME
+from edgeattn.plugins.bodies import MIN_OPSET, Nodes, attention_scale, declared_attributes, merge_heads, split_heads
 from edgeattn.plugins.spec import DOMAIN, CallFacts, Target
 
 BOOL = int(ir.DataType.BOOL)
-INT64 = int(ir.DataType.INT64)
-FLOAT = int(ir.DataType.FLOAT)
-_CAST_LIKE_OPSET = 15  # CastLike appears in opset 15; below it constants are cast to a known type
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ def variant_of(call: CallFacts) -> Variant:
 
 
 def _typed(opset: int, dtype: int | None) -> int | None:
-    if opset >= _CAST_LIKE_OPSET:
+    if opset >= MIN_OPSET:  # CastLike
         return None
     if dtype is None:
         raise ValueError(f"opset {opset} has no CastLike, and the element type of Q is unknown")
@@ -113,13 +110,13 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
 
 
 def build_body(variant: Variant, overload: str) -> ir.Function:
-    body = _Body(variant)
+    body = AttentionNodes(variant)
     query, key, value = body.input("Q"), body.input("K"), body.input("V")
     mask = body.input("mask") if variant.mask != "none" else None
     if variant.rank == 3:
-        query = body.split_heads(query, "q_num_heads")
-        key = body.split_heads(key, "kv_num_heads")
-        value = body.split_heads(value, "kv_num_heads")
+        query = split_heads(body, query, body.ref_int("q_num_heads"))
+        key = split_heads(body, key, body.ref_int("kv_num_heads"))
+        value = split_heads(body, value, body.ref_int("kv_num_heads"))
     if variant.gqa != "none":
         group = body.group_size(query, key)
         key, value = body.repeat_heads(key, group), body.repeat_heads(value, group)
@@ -130,147 +127,89 @@ def build_body(variant: Variant, overload: str) -> ir.Function:
     probs = body.softmax(scores, value)
     out = body.op("MatMul", probs, value)
     if variant.rank == 3:
-        out = body.merge_heads(out)
-    return body.finish(out, overload)
+        out = merge_heads(body, out)
+    return body.function(DOMAIN, NAME, overload, {"Y": out}, declared_attributes(ATTRIBUTES),
+                         f"edgeattn.Attention body {variant.key}")
 
 
-class _Body:
-    """Records the nodes of one function body; every value gets a unique name."""
+class AttentionNodes(Nodes):
+    """Records one edgeattn.Attention body, for one Variant; builds from opset 13 (below opset 15 the
+    Variant carries Q's type, and constants are cast to it)."""
+
+    min_opset = 13
+    bodies = "edgeattn.Attention bodies"
 
     def __init__(self, variant: Variant) -> None:
+        super().__init__(variant.opset)
         self.variant = variant
-        self.nodes: list[ir.Node] = []
-        self.inputs: list[ir.Value] = []
-        self._count = 0
-
-    # -- plumbing ------------------------------------------------------------------------------
-    def input(self, name: str) -> ir.Value:
-        value = ir.Value(name=name)
-        self.inputs.append(value)
-        return value
-
-    def op(self, op_type: str, *inputs: ir.Value | None, **attributes: Any) -> ir.Value:
-        attrs = [
-            value if isinstance(value, ir.Attr) else ir.convenience.convert_attribute(name, value)
-            for name, value in attributes.items()
-        ]
-        node = ir.Node("", op_type, list(inputs), attributes=attrs, num_outputs=1, name=f"n{len(self.nodes)}")
-        self._count += 1
-        node.outputs[0].name = f"t{self._count}"
-        self.nodes.append(node)
-        return node.outputs[0]
-
-    def const(self, array: np.ndarray | float | int) -> ir.Value:
-        return self.op("Constant", value=ir.tensor(np.asarray(array)))
-
-    def ref(self, attr_name: str) -> ir.Value:
-        """A scalar Constant whose value is the node's attribute `attr_name`."""
-        if attr_name == "scale":
-            return self.op("Constant", value_float=ir.RefAttr("value_float", attr_name, ir.AttributeType.FLOAT))
-        return self.op("Constant", value_int=ir.RefAttr("value_int", attr_name, ir.AttributeType.INT))
 
     def like(self, value: ir.Value, reference: ir.Value) -> ir.Value:
-        """`value` cast to the element type of `reference` (which has Q's type below opset 15)."""
+        """`value` in the type of `reference` (CastLike; below opset 15 a Cast to Q's type, which is
+        the type of every `reference` in this body)."""
         if self.variant.dtype is None:
-            return self.op("CastLike", value, reference)
-        return self.op("Cast", value, to=self.variant.dtype)
-
-    def dim(self, value: ir.Value, axis: int) -> ir.Value:
-        return self.op("Gather", self.op("Shape", value), self.const(np.int64(axis)), axis=0)
-
-    def shape_slice(self, shape: ir.Value, start: int, end: int) -> ir.Value:
-        return self.op("Slice", shape, self.const(np.array([start], np.int64)), self.const(np.array([end], np.int64)))
-
-    def vector(self, scalar: ir.Value) -> ir.Value:
-        return self.op("Reshape", scalar, self.const(np.array([1], np.int64)))
-
-    def finish(self, output: ir.Value, overload: str) -> ir.Function:
-        output.name = "Y"
-        graph = ir.Graph(self.inputs, [output], nodes=self.nodes, opset_imports={"": self.variant.opset}, name=NAME)
-        attributes = [ir.convenience.convert_attribute(a.name, a.default) for a in ATTRIBUTES]
-        function = ir.Function(DOMAIN, NAME, overload, graph=graph, attributes=attributes)
-        function.doc_string = f"edgeattn.Attention body {self.variant.key}"
-        return function
-
-    # -- attention pieces ----------------------------------------------------------------------
-    def split_heads(self, value: ir.Value, heads_attr: str) -> ir.Value:
-        """[B, S, H·d] -> [B, H, S, d] with H from the node's attribute."""
-        heads = self.vector(self.ref(heads_attr))
-        zeros = self.const(np.array([0, 0], np.int64))
-        shape = self.op("Concat", zeros, heads, self.const(np.array([-1], np.int64)), axis=0)
-        return self.op("Transpose", self.op("Reshape", value, shape), perm=[0, 2, 1, 3])
-
-    def merge_heads(self, value: ir.Value) -> ir.Value:
-        """[B, H, S, dv] -> [B, S, H·dv]."""
-        moved = self.op("Transpose", value, perm=[0, 2, 1, 3])
-        return self.op("Reshape", moved, self.const(np.array([0, 0, -1], np.int64)))
+            return super().like(value, reference)
+        return self.cast(value, ir.DataType(self.variant.dtype))
 
     def group_size(self, query: ir.Value, key: ir.Value) -> ir.Value:
+        """Query heads per key/value head (0-D int64), from the head-count attributes or the shapes."""
         if self.variant.gqa == "attr":
-            return self.vector(self.op("Div", self.ref("q_num_heads"), self.ref("kv_num_heads")))
-        return self.vector(self.op("Div", self.dim(query, 1), self.dim(key, 1)))
+            return self.op("Div", self.ref_int("q_num_heads"), self.ref_int("kv_num_heads"))
+        return self.op("Div", self.dim(query, 1), self.dim(key, 1))
 
     def repeat_heads(self, value: ir.Value, group: ir.Value) -> ir.Value:
         """[B, Hkv, S, d] -> [B, Hkv·g, S, d], each head repeated g times in place (h0 h0 h1 h1 ...)."""
-        shape = self.op("Shape", value)
-        leading, trailing = self.shape_slice(shape, 0, 2), self.shape_slice(shape, 2, 4)
-        expanded = self.op(
-            "Expand",
-            self.op("Unsqueeze", value, self.const(np.array([2], np.int64))),
-            self.op("Concat", leading, group, trailing, axis=0),
-        )
-        batch = self.shape_slice(shape, 0, 1)
-        merged = self.op("Concat", batch, self.const(np.array([-1], np.int64)), trailing, axis=0)
-        return self.op("Reshape", expanded, merged)
+        expanded = self.op("Expand", self.unsqueeze(value, 2), self.vec(1, 1, group, 1, 1))
+        return self.op("Reshape", expanded, self.op("Concat", self.i64(0, -1), self.dims(value, 2), axis=0))
 
     def scale(self, query: ir.Value) -> ir.Value:
+        """The factor on QKᵀ (float32 0-D): the scale attribute, 1/sqrt(d), or, when only known at run
+        time, the attribute if it is > 0 and 1/sqrt(d) otherwise."""
         mode = self.variant.scale_from_head
         if mode == "no":
-            return self.ref("scale")
-        head = self.op("Cast", self.dim(query, -1), to=FLOAT)
-        inverse_sqrt = self.op("Reciprocal", self.op("Sqrt", head))
+            return self.ref_float("scale")
+        inverse_sqrt = attention_scale(self, 0.0, query)
         if mode == "yes":
             return inverse_sqrt
-        given = self.ref("scale")
-        return self.op("Where", self.op("Greater", given, self.const(np.float32(0))), given, inverse_sqrt)
+        given = self.ref_float("scale")
+        return self.op("Where", self.op("Greater", given, self.scalar(0.0)), given, inverse_sqrt)
 
     def apply_mask(self, scores: ir.Value, mask: ir.Value | None) -> ir.Value:
+        """A boolean mask sets -inf where it is false; an additive one is added (in the type of scores)."""
         if mask is None:
             return scores
         if self.variant.mask == "bool":
-            return self.op("Where", mask, scores, self.like(self.const(np.float32(-np.inf)), scores))
+            return self.where_inf(mask, scores)
         if self.variant.mask_cast:
             mask = self.like(mask, scores)
         return self.op("Add", scores, mask)
 
     def apply_causal(self, scores: ir.Value) -> ir.Value:
+        """-inf on the keys the causal mode masks (1: upper-left, 2: lower-right, None: the attribute's)."""
         causal = self.variant.causal
         if causal == 0:
             return scores
         q_len, kv_len = self.dim(scores, -2), self.dim(scores, -1)
-        zero, one = self.const(np.int64(0)), self.const(np.int64(1))
-        rows = self.op("Unsqueeze", self.op("Range", zero, q_len, one), self.const(np.array([1], np.int64)))
-        cols = self.op("Range", zero, kv_len, one)
+        rows, cols = self.unsqueeze(self.arange(q_len), 1), self.arange(kv_len)
         lower_right = self.op("Sub", kv_len, q_len)
         if causal == 1:
             blocked = self.op("Greater", cols, rows)
         elif causal == 2:
             blocked = self.op("Greater", cols, self.op("Add", rows, lower_right))
         else:
-            mode = self.ref("causal")
-            offset = self.op("Where", self.op("Equal", mode, self.const(np.int64(2))), lower_right, zero)
+            mode, zero = self.ref_int("causal"), self.scalar(0)
+            offset = self.op("Where", self.op("Equal", mode, self.scalar(2)), lower_right, zero)
             beyond = self.op("Greater", cols, self.op("Add", rows, offset))
             blocked = self.op("And", beyond, self.op("Greater", mode, zero))
-        return self.op("Where", blocked, self.like(self.const(np.float32(-np.inf)), scores), scores)
+        return self.op("Where", blocked, self.like(self.scalar(-np.inf), scores), scores)
 
     def softmax(self, scores: ir.Value, value: ir.Value) -> ir.Value:
+        """Softmax over the keys (in the softmax_precision type and back to V's when the Variant casts);
+        rows left NaN by a fully masked row are zeros when the Variant can mask one."""
         if self.variant.softmax_cast:
             precision = ir.RefAttr("to", "softmax_precision", ir.AttributeType.INT)
-            scores_cast = self.op("Cast", scores, to=precision)
-            probs = self.like(self.op("Softmax", scores_cast, axis=-1), value)
+            probs = self.like(self.op("Softmax", self.op("Cast", scores, to=precision), axis=-1), value)
         else:
             probs = self.op("Softmax", scores, axis=-1)
         if not self.variant.guarded:
             return probs
-        zero = self.like(self.const(np.float32(0)), probs)
-        return self.op("Where", self.op("IsNaN", probs), zero, probs)
+        return self.op("Where", self.op("IsNaN", probs), self.like(self.scalar(0.0), probs), probs)
