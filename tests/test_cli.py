@@ -116,3 +116,10 @@ def test_export_sparse_lowers_the_decoder_and_runs(tmp_path, capsys):
 def test_bad_sparse_flag_fails_before_export(tmp_path, capsys):
     code, _, stderr = invoke(["export", "demo:tiny-llama", "--out", str(tmp_path / "o"), "--sparse", "bogus:1"], capsys)
     assert code == 1 and "names no method" in stderr and not (tmp_path / "o").exists()
+
+
+def test_sparse_on_a_model_without_a_decoder_fails_before_export(tmp_path, capsys):
+    code, _, stderr = invoke(["export", "demo:tiny-vit", "--out", str(tmp_path / "o"), "--sparse", "block:keep=0.5"],
+                             capsys)  # fmt: skip
+    assert code == 1 and "no decoder component" in stderr and "validate" not in stderr  # refused before exporting
+    assert not (tmp_path / "o").exists()

@@ -188,31 +188,27 @@ def test_recipe_per_layer_and_head_range(exported):
 def test_generation_with_a_sparse_decoder(exported, tmp_path):
     """`edgeattn run` reads a sparsified folder: prefill block-sparse (keep 1: the same tokens as the
     export), decode dense by default; a sparse decode (decode=sparse) runs too."""
+    import shutil
+
     from edgeattn.exporter.manifest import read_manifest
-    from edgeattn.graphs.sparse.api import sparsify_folder
+    from edgeattn.exporter.rewrite_step import sparsify_decoder
     from edgeattn.runtime.generate import DecoderRunner
 
     folder = exported("demo:tiny-llama")
     prompt = list(range(5, 45))
     plain = DecoderRunner(folder, read_manifest(folder)).generate(prompt, 6).tokens
-    for flags, same in ((["block:keep=1.0,block=8"], True), (["block:keep=0.25,block=8,decode=sparse"], False),
-                        (["window:size=16,sinks=4,block=8"], False)):
-        out = tmp_path / flags[0].split(":")[0]
-        report = sparsify_folder(folder, out, flags, force=True)
+    cases = ((["block:keep=1.0,block=8"], True), (["block:keep=0.25,block=8,decode=sparse"], False),
+             (["window:size=16,sinks=4,block=8"], False))
+    for index, (flags, same) in enumerate(cases):
+        out = tmp_path / f"sparse{index}"
+        shutil.copytree(folder, out)
+        report = sparsify_decoder(out, flags)
         manifest = read_manifest(out)
         assert manifest["sparse"]["flags"] == flags and {x.lowering for x in report.lowered} != {"function"}
         tokens = DecoderRunner(out, manifest).generate(prompt, 6).tokens
         assert 1 <= len(tokens) <= 6
         if same:
             assert tokens == plain
-
-
-def test_sparsify_folder_refuses_an_existing_destination(exported, tmp_path):
-    from edgeattn.graphs.sparse.api import sparsify_folder
-
-    (tmp_path / "taken").mkdir()
-    with pytest.raises(EdgeAttnError, match="exists"):
-        sparsify_folder(exported("demo:tiny-llama"), tmp_path / "taken", ["block:keep=0.5"])
 
 
 def test_cli_rewrite_sparse_and_inspect(tmp_path):
@@ -240,17 +236,17 @@ def test_cli_rewrite_sparse_and_inspect(tmp_path):
     assert result.exit_code != 0 and "keep must be in (0, 1]" in str(result.exception)
 
 
-def test_sparsify_folder_in_place(exported, tmp_path):
+def test_sparsify_decoder_in_place(exported, tmp_path):
     """What `export --sparse` does after exporting: the folder's decoder rewritten where it is."""
     import shutil
 
     from edgeattn.exporter.manifest import read_manifest
-    from edgeattn.graphs.sparse.api import sparsify_folder
+    from edgeattn.exporter.rewrite_step import sparsify_decoder
     from edgeattn.runtime.generate import DecoderRunner
 
     folder = tmp_path / "copy"
     shutil.copytree(exported("demo:tiny-llama"), folder)
-    report = sparsify_folder(folder, flags=["window:size=8,sinks=2,block=4"])
+    report = sparsify_decoder(folder, ["window:size=8,sinks=2,block=4"])
     manifest = read_manifest(folder)
     assert manifest["sparse"]["sites"][0]["lowering"] == "window-gather" == report.lowered[0].lowering
     assert DecoderRunner(folder, manifest).generate(list(range(5, 30)), 3).tokens

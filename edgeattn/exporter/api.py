@@ -16,7 +16,7 @@ from edgeattn.exporter import manifest as mf
 from edgeattn.exporter.capture import DEFAULT_OPSET, capture
 from edgeattn.exporter.components import Component, components_for
 from edgeattn.exporter.files import save_onnx, staged_folder
-from edgeattn.exporter.rewrite_step import rewrite_components
+from edgeattn.exporter.rewrite_step import rewrite_components, sparsify_decoder
 from edgeattn.exporter.sources import LoadedModel, load_model
 from edgeattn.exporter.validate import validate_component
 
@@ -52,6 +52,9 @@ def export_model(
         if options.prune is not None and not any(c.name == "vision" for c in components):
             raise ExportError(f"--prune prunes visual tokens, but {loaded.name} ({loaded.family}) has no vision "
                               "component; give a VLM or a vision encoder")
+        if options.sparse and not any(c.name == "decoder" for c in components):
+            raise ExportError(f"--sparse makes a decoder's attention sparse, but {loaded.name} ({loaded.family}) has "
+                              "no decoder component; give a language model or a VLM")
         for component in components:
             manifest["components"][component.name] = export_component(component, stage, options, step, manifest)
         add_family_info(manifest, loaded, {c.name: c for c in components})
@@ -73,12 +76,8 @@ def export_model(
 
 def sparsify_exported(stage: Path, options: ExportOptions, step: Step) -> dict[str, Any]:
     """Make the decoder's attention sparse (`--sparse`) in the staged folder; returns the new manifest."""
-    from edgeattn.graphs.sparse.api import sparsify_folder
-
-    if "decoder" not in mf.read_manifest(stage)["components"]:
-        raise ExportError("--sparse makes a decoder's attention sparse, but this model has no decoder component")
     with step(f"sparsify decoder.onnx ({' '.join(options.sparse)})"):
-        sparsify_folder(stage, None, options.sparse, options.recipe)
+        sparsify_decoder(stage, options.sparse, options.recipe)
     return mf.read_manifest(stage)
 
 

@@ -1,9 +1,10 @@
 """Entry points: rewrite a model (or an exported folder) with sparse attention, lowered for a target.
 
-    from edgeattn.graphs.sparse.api import sparsify, sparsify_folder
+    from edgeattn.graphs.sparse.api import sparsify
 
     model, report = sparsify("decoder.onnx", ["block:keep=0.25,block=64"], component="decoder")
-    sparsify_folder("smollm2", "smollm2-sparse", ["window:size=1024,sinks=4"])
+
+(`export --sparse` applies it to an exported folder's decoder: `edgeattn.exporter.rewrite_step`.)
 
 Steps: the recipe (file and/or `--sparse` flags) assigns ops to sites (`edgeattn.graphs.rewrite`);
 the parameters are checked against what the graph knows statically; causal masks are moved into the
@@ -15,16 +16,14 @@ TensorRT, the plugin forms are written.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import onnx_ir as ir
 
-from edgeattn.errors import GraphError, RecipeError
-from edgeattn.graphs.io import ModelLike, as_model, save
+from edgeattn.errors import GraphError
+from edgeattn.graphs.io import ModelLike, as_model
 from edgeattn.graphs.lower import lower
 from edgeattn.graphs.pipeline import RecipeLike, as_recipe, rewrite
 from edgeattn.graphs.recipe import Recipe
@@ -105,52 +104,4 @@ def sparsify(
     return model, SparseReport(report, tuple(causal), tuple(lowered), time.perf_counter() - started)
 
 
-def sparsify_folder(
-    source: str | Path,
-    destination: str | Path | None = None,
-    flags: Sequence[str] = (),
-    recipe: RecipeLike = None,
-    *,
-    lowering: Lowering = "fast",
-    settings: OrtLowering | None = None,
-    force: bool = False,
-) -> SparseReport:
-    """Rewrite the decoder of an exported decoder/VLM folder (`edgeattn run` reads the result).
-
-    With `destination` None (or the source itself) the folder is changed in place (what `export
-    --sparse` does after exporting); otherwise it is copied first. The manifest records the flags,
-    the recipe and what each site runs as."""
-    from edgeattn.exporter.manifest import read_manifest, write_manifest
-
-    source = Path(source)
-    destination = source if destination is None else Path(destination)
-    manifest = read_manifest(source)
-    if "decoder" not in manifest["components"]:
-        raise RecipeError(f"{source} has no decoder component; sparse attention applies to decoders")
-    decoder = manifest["components"]["decoder"]["file"]
-    model, report = sparsify(source / decoder, flags, recipe, lowering=lowering, component="decoder",
-                             settings=settings)
-    manifest["sparse"] = {"flags": list(flags), "recipe": str(recipe) if isinstance(recipe, (str, Path)) else
-                          (None if recipe is None else "given"), "lowering": lowering,
-                          "sites": [item.to_json() for item in report.lowered]}
-    if destination.resolve() == source.resolve():
-        save(model, source / decoder)  # atomic: written beside, then moved into place
-        write_manifest(source, manifest)
-        return report
-    if destination.exists():
-        if not force:
-            raise GraphError(f"{destination} exists; pass force=True (--force) to replace it")
-        shutil.rmtree(destination)
-    staging = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(decoder, f"{decoder}.data"))
-        save(model, staging / decoder)
-        write_manifest(staging, manifest)
-        staging.rename(destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return report
-
-
-__all__ = ["SparseReport", "combined_recipe", "sparsify", "sparsify_folder"]
+__all__ = ["SparseReport", "combined_recipe", "sparsify"]
