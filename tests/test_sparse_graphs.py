@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeattn.errors import EdgeAttnError, RecipeError
+from edgeattn.errors import RecipeError
 from edgeattn.graphs.sparse.api import sparsify
 from edgeattn.graphs.sparse.density import layout_density
 from edgeattn.graphs.sparse.flags import parse_sparse_flag

@@ -1,4 +1,5 @@
-"""Triton support shared by the plugin kernels: run mode and ahead-of-time compilation.
+"""Triton support shared by the plugin kernels: run mode, the checks every torch-facing call makes,
+and ahead-of-time compilation.
 
 Run mode. Triton decides when it is first imported whether kernels are compiled or interpreted
 (``TRITON_INTERPRET``); :func:`is_interpreted` tells which one a kernel got.
@@ -33,9 +34,15 @@ __all__ = [
     "AotKernel",
     "AotTarget",
     "KernelParam",
+    "check_interpreter",
+    "check_kernel_device",
+    "check_tile",
     "compile_aot",
+    "compile_fitting",
     "is_interpreted",
+    "last_dim_contiguous",
     "require_triton",
+    "upcast_dot",
 ]
 
 
@@ -69,6 +76,43 @@ def is_interpreted(fn: Any) -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(fn, InterpretedFunction)
+
+
+def check_kernel_device(device: Any, what: str) -> None:
+    """Kernels run on CUDA, or on CPU in the Triton interpreter: refuse other devices; need Triton.
+    ``what`` starts the sentence, e.g. "block-sparse kernels run"."""
+    if device.type not in ("cuda", "cpu"):
+        raise EdgeAttnError(f"{what} on CUDA (or CPU in the interpreter); got {device}")
+    require_triton()
+
+
+def check_interpreter(device: Any, kernel: Any) -> None:
+    """CPU tensors need the interpreter, which only the environment can choose before triton is imported."""
+    if device.type == "cpu" and not is_interpreted(kernel):
+        raise RuntimeUnavailableError(
+            "CPU tensors run in the Triton interpreter, which must be chosen before triton is imported: "
+            "set TRITON_INTERPRET=1 in the environment, or move the tensors to a CUDA device"
+        )
+
+
+def check_tile(name: str, size: int, why: str = " (tensor-core tiles)") -> None:
+    """Head sizes and tile sizes are powers of two in [16, 256]."""
+    if size & (size - 1) or not 16 <= size <= 256:
+        raise EdgeAttnError(f"{name} must be a power of two in [16, 256]{why}; got {size}")
+
+
+def upcast_dot(dtype: Any, kernel: Any) -> bool:
+    """Whether a kernel multiplies in fp32: fp32 inputs do, in IEEE fp32 (not TF32, like torch's default
+    matmul); bf16 does too in the Triton interpreter, whose dot cannot take bf16 (exact: bf16 products
+    fit in fp32)."""
+    import torch
+
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and is_interpreted(kernel))
+
+
+def last_dim_contiguous(x: Any) -> Any:
+    """A tensor whose last axis is contiguous (the kernels' loads assume stride 1 there)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 # ---------------------------------------------------------------------------------------------- AOT
@@ -320,6 +364,22 @@ def compile_aot(
         registers=registers,
         spill_bytes=spill_bytes,
     )
+
+
+def compile_fitting(fn: Any, params: Sequence[KernelParam], constexprs: Mapping[str, Any], arch: int, warps: int,
+                    stages: int, ptx_version: int | None = None) -> AotKernel:  # fmt: skip
+    """`compile_aot` with the most pipeline stages (<= ``stages``) whose shared memory fits ``arch``."""
+    last: AotBuildError | None = None
+    for n in range(stages, 0, -1):
+        try:
+            return compile_aot(fn, params=params, constexprs=constexprs, arch=arch, num_warps=warps, num_stages=n,
+                               ptx_version=ptx_version)  # fmt: skip
+        except AotBuildError as exc:
+            if "shared memory" not in str(exc):
+                raise
+            last = exc
+    assert last is not None
+    raise last
 
 
 def write_build(record: dict[str, Any], name: str, arch: int, out_dir: Path) -> Path:

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, AotBuildError, AotKernel, KernelParam, build_all, compile_aot, write_build
+from ..triton_aot import TARGETS, AotBuildError, KernelParam, build_all, write_build, compile_fitting
 from .config import attention_config, next_power_of_two, pool_rows, select_config
 
 __all__ = ["BlockSparseBuild", "build", "main", "parameter_order", "write"]
@@ -225,22 +225,6 @@ def parameter_order(b: BlockSparseBuild) -> dict[str, list[KernelParam]]:
     return {name: params for name, params, *_ in _plan(b)}
 
 
-def _compile_fitting(fn: Any, params: list[KernelParam], consts: dict[str, Any], arch: int, warps: int,
-                     stages: int, ptx_version: int | None) -> AotKernel:  # fmt: skip
-    """Compile with the most pipeline stages (<= ``stages``) whose shared memory fits ``arch``."""
-    last: AotBuildError | None = None
-    for n in range(stages, 0, -1):
-        try:
-            return compile_aot(fn, params=params, constexprs=consts, arch=arch, num_warps=warps, num_stages=n,
-                               ptx_version=ptx_version)  # fmt: skip
-        except AotBuildError as exc:
-            if "shared memory" not in str(exc):
-                raise
-            last = exc
-    assert last is not None
-    raise last
-
-
 def _tensors(b: BlockSparseBuild) -> dict[str, str]:
     tensors = {"Q": "[B,Hq,Lq,D]", "K": "[B,Hkv,Lkv,D]", "V": "[B,Hkv,Lkv,D]", "Out": "[B,Hq,Lq,D]"}
     if b.layout == "window":
@@ -271,7 +255,7 @@ def build(b: BlockSparseBuild, arch: int, *, ptx_version: int | None = None) -> 
            "block_sparse_attn_fwd": attention.block_sparse_attn_fwd}  # fmt: skip
     kernels = []
     for name, params, consts, grid, warps, stages in _plan(b):
-        k = _compile_fitting(fns[name], params, consts, arch, warps, stages, ptx_version)
+        k = compile_fitting(fns[name], params, consts, arch, warps, stages, ptx_version)
         kernels.append(k.launch_signature(grid) | {"ptx": k.ptx})
     requires = ["tensors contiguous [B, H, L, D]; pointers 16-byte aligned (compiled with divisibility hints)",
                 "every tensor below 2**31 elements (int32 offsets inside a head)"]  # fmt: skip

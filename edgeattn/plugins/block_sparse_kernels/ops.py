@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from ...errors import EdgeAttnError, RuntimeUnavailableError
-from ..triton_aot import is_interpreted, require_triton
+from ...errors import EdgeAttnError
+from ..triton_aot import check_interpreter, check_kernel_device, check_tile, last_dim_contiguous, upcast_dot
 from .blocks import BlockGeometry, BlockList, block_geometry, budget_of, visible_pairs
 from .config import AttentionConfig, attention_config, pool_rows, select_config
 
@@ -65,16 +65,10 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _kernels(device: torch.device) -> tuple[ModuleType, ModuleType]:
-    if device.type not in ("cuda", "cpu"):
-        raise EdgeAttnError(f"block-sparse kernels run on CUDA (or CPU in the interpreter); got {device}")
-    require_triton()
+    check_kernel_device(device, "block-sparse kernels run")
     from . import attention, selection
 
-    if device.type == "cpu" and not is_interpreted(attention.block_sparse_attn_fwd):
-        raise RuntimeUnavailableError(
-            "CPU tensors run in the Triton interpreter, which must be chosen before triton is imported: "
-            "set TRITON_INTERPRET=1 in the environment, or move the tensors to a CUDA device"
-        )
+    check_interpreter(device, attention.block_sparse_attn_fwd)
     return attention, selection
 
 
@@ -89,19 +83,12 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor, block: int) -> None:
         raise EdgeAttnError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch or head size")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
         raise EdgeAttnError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    head_dim = q.shape[-1]
-    if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
-        raise EdgeAttnError(f"head size must be a power of two in [16, 256]; got {head_dim}")
-    if block & (block - 1) or not 16 <= block <= 256:
-        raise EdgeAttnError(f"block_size must be a power of two in [16, 256] (tensor-core tiles); got {block}")
+    check_tile("head size", q.shape[-1], "")
+    check_tile("block_size", block)
 
 
 def _scale(scale: float, head_dim: int) -> float:
     return float(scale) if scale and scale > 0 else 1.0 / math.sqrt(head_dim)
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _device_ctx(x: torch.Tensor) -> Any:
@@ -175,7 +162,7 @@ def select_blocks(
             f"selection kernel's score tile; use a larger block_size"
         )
     dev = q.device
-    q, k = _last_dim_contiguous(q), _last_dim_contiguous(k)
+    q, k = last_dim_contiguous(q), last_dim_contiguous(k)
     n_qb, n_kb = geo.n_q_blocks, geo.n_kv_blocks
     f32 = dict(dtype=torch.float32, device=dev)
     dummy = torch.empty(1, dtype=torch.int32, device=dev)
@@ -209,7 +196,7 @@ def select_blocks(
     with _device_ctx(q):
         if need_probs:
             if rectify:
-                v = _last_dim_contiguous(v)
+                v = last_dim_contiguous(v)
                 v_strides = (v.stride(0), v.stride(1), v.stride(2))
             else:
                 v, v_strides = k, (0, 0, 0)
@@ -273,7 +260,7 @@ def _launch_attention(
     cfg = config or attention_config(head_dim, geo.block, group, arch=_arch(q))
     if group % cfg.heads or geo.block % cfg.block_n or cfg.block_n < 16:
         raise EdgeAttnError(f"config {cfg} does not fit block {geo.block} and GQA group {group}")
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     dummy = torch.empty(1, dtype=torch.int32, device=q.device)
     idx = cnt = mass = rest = dummy
     rectify = False
@@ -283,7 +270,7 @@ def _launch_attention(
         if rectify:
             mass, rest = blocks.rect_mass, blocks.rect_rest
     attention, _ = _kernels(q.device)
-    upcast = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and is_interpreted(attention.block_sparse_attn_fwd))
+    upcast = upcast_dot(q.dtype, attention.block_sparse_attn_fwd)
     with _device_ctx(q):
         attention.block_sparse_attn_fwd[(geo.n_q_blocks, batch * q_heads // cfg.heads)](
             q, k, v, idx, cnt, mass, rest,

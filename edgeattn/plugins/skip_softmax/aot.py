@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, AotBuildError, AotKernel, KernelParam, build_all, compile_aot, write_build
+from ..triton_aot import TARGETS, AotBuildError, KernelParam, build_all, compile_aot, write_build, compile_fitting
 from .config import default_config
 
 __all__ = ["SkipSoftmaxBuild", "build", "main", "parameter_order", "write"]
@@ -140,22 +140,6 @@ def parameter_order(b: SkipSoftmaxBuild) -> dict[str, list[KernelParam]]:
     return order
 
 
-def _compile_fitting(fn: Any, params: list[KernelParam], consts: dict[str, Any], arch: int, warps: int,
-                     stages: int, ptx_version: int | None) -> AotKernel:  # fmt: skip
-    """Compile with the most pipeline stages (<= ``stages``) whose shared memory fits ``arch``."""
-    last: AotBuildError | None = None
-    for n in range(stages, 0, -1):
-        try:
-            return compile_aot(fn, params=params, constexprs=consts, arch=arch, num_warps=warps, num_stages=n,
-                               ptx_version=ptx_version)  # fmt: skip
-        except AotBuildError as exc:
-            if "shared memory" not in str(exc):
-                raise
-            last = exc
-    assert last is not None
-    raise last
-
-
 def build(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> dict[str, Any]:
     """Compile one variant for ``sm_{arch}``; returns its launch signature with the PTX texts."""
     from . import kernel
@@ -164,7 +148,7 @@ def build(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> 
         raise AotBuildError(f"decode_block_m ({b.decode_block_m}) must be <= block_m ({b.block_m})")
     bm = b.decode_block_m if b.mode == "decode" else b.block_m
     cfg = default_config(b.head_dim, bm, b.block_n, decode=b.mode == "decode", arch=arch)
-    fwd = _compile_fitting(kernel.skip_softmax_attn_fwd, _fwd_params(b), _fwd_constexprs(b), arch,
+    fwd = compile_fitting(kernel.skip_softmax_attn_fwd, _fwd_params(b), _fwd_constexprs(b), arch,
                            cfg.num_warps, cfg.num_stages, ptx_version)  # fmt: skip
     kernels = [(fwd, [f"cdiv(Lq,{bm})", "B*Hq", "S" if b.mode == "decode" else "1"])]
     if b.mode == "decode":

@@ -19,8 +19,8 @@ from types import ModuleType
 
 import torch
 
-from ...errors import EdgeAttnError, RuntimeUnavailableError
-from ..triton_aot import is_interpreted, require_triton
+from ...errors import EdgeAttnError
+from ..triton_aot import check_interpreter, check_kernel_device, check_tile, last_dim_contiguous, upcast_dot
 from .config import DECODE_MAX_QUERY_ROWS, KernelConfig, auto_num_splits, default_config, kernel_block_m
 from .reference import SkipSoftmaxResult, _check_inputs, _ln_lambda, kv_tiles_per_split, visited_tiles
 
@@ -30,16 +30,10 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _kernels(device: torch.device) -> ModuleType:
-    if device.type not in ("cuda", "cpu"):
-        raise EdgeAttnError(f"skip_softmax_attention runs on CUDA (or CPU in the interpreter); got {device}")
-    require_triton()
+    check_kernel_device(device, "skip_softmax_attention runs")
     from . import kernel
 
-    if device.type == "cpu" and not is_interpreted(kernel.skip_softmax_attn_fwd):
-        raise RuntimeUnavailableError(
-            "CPU tensors run in the Triton interpreter, which must be chosen before triton is imported: "
-            "set TRITON_INTERPRET=1 in the environment, or move the tensors to a CUDA device"
-        )
+    check_interpreter(device, kernel.skip_softmax_attn_fwd)
     return kernel
 
 
@@ -48,12 +42,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, bloc
         raise EdgeAttnError(f"q, k, v must share one dtype of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise EdgeAttnError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-    head_dim = q.shape[-1]
-    if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
-        raise EdgeAttnError(f"head size must be a power of two in [16, 256]; got {head_dim}")
-    for name, size in (("block_m", block_m), ("block_n", block_n)):
-        if size & (size - 1) or not 16 <= size <= 256:
-            raise EdgeAttnError(f"{name} must be a power of two in [16, 256] (tensor-core tiles); got {size}")
+    check_tile("head size", q.shape[-1], "")
+    check_tile("block_m", block_m)
+    check_tile("block_n", block_n)
 
 
 def _arch(x: torch.Tensor) -> int:
@@ -69,16 +60,6 @@ def _auto_splits(x: torch.Tensor, programs: int, kv_len: int, block_n: int) -> i
         return 1
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     return auto_num_splits(programs, kv_len, block_n, sms)
-
-
-def _upcast_dot(dtype: torch.dtype, kernels: ModuleType) -> bool:
-    """fp32 inputs multiply in IEEE fp32 (not TF32, like torch's default matmul); bf16 does too in
-    the Triton interpreter, whose dot cannot take bf16 (exact: bf16 products fit in fp32)."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and is_interpreted(kernels.skip_softmax_attn_fwd))
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def skip_softmax_attention(
@@ -111,7 +92,7 @@ def skip_softmax_attention(
     sm_scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     if not sm_scale > 0:
         raise EdgeAttnError(f"scale must be > 0, got {scale}")
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
@@ -155,7 +136,7 @@ def skip_softmax_attention(
             HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
             CAUSAL=bool(causal), USE_SKIP=use_skip, V_LOAD=config.v_load,
             STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
-            UPCAST_DOT=_upcast_dot(q.dtype, kernels),
+            UPCAST_DOT=upcast_dot(q.dtype, kernels.skip_softmax_attn_fwd),
             num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
         if splits > 1:

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from ...errors import EdgeAttnError, RuntimeUnavailableError
-from ..triton_aot import is_interpreted, require_triton
+from ...errors import EdgeAttnError
+from ..triton_aot import check_interpreter, check_kernel_device, check_tile, last_dim_contiguous, upcast_dot
 
 __all__ = ["chunk_variance", "gather_tokens", "select_regions", "select_topk", "token_scores", "token_select"]
 
@@ -46,16 +46,10 @@ def _next_p2(n: int) -> int:
 
 
 def _kernels(device: torch.device) -> tuple[ModuleType, ModuleType]:
-    if device.type not in ("cuda", "cpu"):
-        raise EdgeAttnError(f"token kernels run on CUDA (or CPU in the interpreter); got {device}")
-    require_triton()
+    check_kernel_device(device, "token kernels run")
     from . import scoring, selection
 
-    if device.type == "cpu" and not is_interpreted(selection.token_topk_fwd):
-        raise RuntimeUnavailableError(
-            "CPU tensors run in the Triton interpreter, which must be chosen before triton is imported: "
-            "set TRITON_INTERPRET=1 in the environment, or move the tensors to a CUDA device"
-        )
+    check_interpreter(device, selection.token_topk_fwd)
     return scoring, selection
 
 
@@ -69,10 +63,6 @@ def _four_dims(x: torch.Tensor, heads: int, name: str) -> torch.Tensor:
     if x.dim() != 3 or heads <= 0 or x.shape[-1] % heads:
         raise EdgeAttnError(f"{name} must be [B, H, S, d], or [B, S, H·d] with its head count; got {tuple(x.shape)}")
     return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-
-
-def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 # -------------------------------------------------------------------------------------- scoring
@@ -105,17 +95,16 @@ def token_scores(
     if from_probs:
         if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
             raise EdgeAttnError(f"probabilities must be [B, H, S, S]; got {tuple(x.shape)}")
-        probs = _contiguous_last(x)
+        probs = last_dim_contiguous(x)
         batch, heads, seq = x.shape[0], x.shape[1], x.shape[-1]
         q = k = probs
     else:
-        q = _contiguous_last(_four_dims(x, q_num_heads, "Q"))
-        k = _contiguous_last(_four_dims(y, kv_num_heads or q_num_heads, "K"))
+        q = last_dim_contiguous(_four_dims(x, q_num_heads, "Q"))
+        k = last_dim_contiguous(_four_dims(y, kv_num_heads or q_num_heads, "K"))
         batch, heads, seq, head_dim = q.shape
         if k.shape[0] != batch or k.shape[2] != seq or k.shape[3] != head_dim or heads % k.shape[1]:
             raise EdgeAttnError(f"Q {tuple(q.shape)} and K {tuple(k.shape)} do not form self-attention heads")
-        if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
-            raise EdgeAttnError(f"head size must be a power of two in [16, 256]; got {head_dim}")
+        check_tile("head size", head_dim, "")
         if q.dtype != k.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise EdgeAttnError(f"Q and K must share one dtype of fp16/bf16/fp32; got {q.dtype}, {k.dtype}")
     n = seq - skip
@@ -142,7 +131,7 @@ def token_scores(
         else:
             head_dim = q.shape[-1]
             sm_scale = float(scale) if scale > 0 else 1.0 / math.sqrt(head_dim)
-            upcast = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and is_interpreted(scoring.token_score_fwd))
+            upcast = upcast_dot(q.dtype, scoring.token_score_fwd)
             qs, ks, xs = (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2)), (0, 0, 0)
             stats = torch.empty(batch * heads, n_rows, 2, **f32)
             scoring.token_row_stats_fwd[(-(-n_rows // block_m), batch * heads)](
@@ -194,7 +183,7 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 def chunk_variance(scores: torch.Tensor, keys: torch.Tensor, regions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """HoloV's per-token terms: the variance of its cosine similarities inside its chunk (fp32
     ``[B, N]``) and its rank by score inside its chunk (int32 ``[B, N]``, ties to the lower position)."""
-    keys = _contiguous_last(keys)
+    keys = last_dim_contiguous(keys)
     scores = scores.to(torch.float32).contiguous()
     batch, n, dim = keys.shape
     parts = min(regions, n)
@@ -202,7 +191,7 @@ def chunk_variance(scores: torch.Tensor, keys: torch.Tensor, regions: int) -> tu
     _, selection = _kernels(keys.device)
     var = torch.empty(batch, n, dtype=torch.float32, device=keys.device)
     rank = torch.empty(batch, n, dtype=torch.int32, device=keys.device)
-    upcast = keys.dtype == torch.float32 or (keys.dtype == torch.bfloat16 and is_interpreted(selection.token_topk_fwd))
+    upcast = upcast_dot(keys.dtype, selection.token_topk_fwd)
     block_r = min(64, chunk_p2)
     with _ctx(keys):
         selection.token_chunk_variance_fwd[(parts, batch)](
@@ -252,7 +241,7 @@ def gather_tokens(
     if features.dim() != 3 or indices.dim() != 2 or indices.shape[0] != features.shape[0]:
         raise EdgeAttnError(f"features [B, P + N, D] and indices [B, k] expected; got {tuple(features.shape)}, "
                             f"{tuple(indices.shape)}")  # fmt: skip
-    features = _contiguous_last(features)
+    features = last_dim_contiguous(features)
     indices = indices.to(torch.int64).contiguous()
     batch, _, dim = features.shape
     k = indices.shape[1]
