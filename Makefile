@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeattn demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	EDGEATTN_REQUIRE_ZOO=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) demo-out

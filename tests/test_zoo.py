@@ -13,31 +13,24 @@ import torch
 from edgeattn.errors import ModelSourceError
 from edgeattn.exporter import zoo
 from edgeattn.exporter.sources import LoadedModel, load_model
+from tests.models.zoo_wheels import zoo_model_or_skip
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
-def _load_or_skip(name: str) -> Iterator[LoadedModel]:
-    try:
-        zoo.resource_path(name)
-    except ModelSourceError as err:  # the message names the wheel and its pip line
-        pytest.skip(str(err))
-    yield zoo.load_zoo(name)  # offline: the loaders pass local_files_only, conftest sets HF_HUB_OFFLINE
-
-
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[LoadedModel]:
-    yield from _load_or_skip("smollm2-135m")
+    yield zoo_model_or_skip("smollm2-135m")
 
 
 @pytest.fixture(scope="module")
 def minilm() -> Iterator[LoadedModel]:
-    yield from _load_or_skip("minilm-l6")
+    yield zoo_model_or_skip("minilm-l6")
 
 
 @pytest.fixture(scope="module")
 def dinov2() -> Iterator[LoadedModel]:
-    yield from _load_or_skip("dinov2-s14")
+    yield zoo_model_or_skip("dinov2-s14")
 
 
 # --- names, pins and errors (no weights needed) ----------------------------------------------------------
@@ -202,3 +195,18 @@ def test_dinov2_matches_the_onnx_backbone(dinov2: LoadedModel) -> None:
     error = np.abs(got - expected).max()
     assert error < 1e-4, f"max abs error {error:.3g} (values up to {np.abs(expected).max():.3g})"
     assert error / np.abs(expected).max() < 2e-5
+
+
+def test_a_missing_wheel_skips_for_developers_and_fails_in_ci(monkeypatch) -> None:
+    from tests.models.zoo_wheels import zoo_file_or_skip
+
+    def missing(name: str) -> Path:
+        raise ModelSourceError(f"zoo:{name} needs its wheel: pip install something")
+
+    monkeypatch.setattr(zoo, "resource_path", missing)
+    monkeypatch.setenv("EDGEATTN_REQUIRE_ZOO", "1")
+    with pytest.raises(ModelSourceError, match="pip install"):
+        zoo_file_or_skip("smollm2-135m")
+    monkeypatch.setenv("EDGEATTN_REQUIRE_ZOO", "0")
+    with pytest.raises(pytest.skip.Exception, match="pip install"):
+        zoo_file_or_skip("smollm2-135m")

@@ -8,24 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from edgeattn.exporter.sources import load_model
+from tests.models.zoo_wheels import zoo_model_or_skip
 
 pytestmark = pytest.mark.slow
-
-
-def zoo_or_skip(name: str):
-    from edgeattn.errors import ModelSourceError
-
-    try:
-        return load_model(name)
-    except ModelSourceError as err:  # only a missing wheel lands here; CI installs them
-        pytest.skip(str(err))
 
 
 def test_smollm2_generation_equals_pytorch_greedy(exported, capsys):
     from edgeattn.cli.main import main
 
-    loaded = zoo_or_skip("zoo:smollm2-135m")
+    loaded = zoo_model_or_skip("smollm2-135m")
     folder = exported("zoo:smollm2-135m")
     prompt = "The capital of France is"
     with pytest.raises(SystemExit) as stop:
@@ -45,7 +36,7 @@ def test_minilm_embeddings_match_pytorch(tmp_path):
     from edgeattn.exporter.api import export_model
     from edgeattn.runtime.encode import encode_texts
 
-    loaded = zoo_or_skip("zoo:minilm-l6")
+    loaded = zoo_model_or_skip("minilm-l6")
     manifest = export_model(loaded, tmp_path / "minilm")
     texts = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell today."]
     got = encode_texts(tmp_path / "minilm", manifest, loaded.tokenizer, texts)["embedding"]
@@ -63,7 +54,7 @@ def test_dinov2_vision_export_matches_pytorch(tmp_path):
     from edgeattn.exporter.api import export_model
     from edgeattn.runtime.session import session_from_onnx
 
-    loaded = zoo_or_skip("zoo:dinov2-s14")
+    loaded = zoo_model_or_skip("dinov2-s14")
     manifest = export_model(loaded, tmp_path / "dino")
     assert manifest["vision"]["num_image_tokens"] == 257 and manifest["vision"]["image_size"] == 224
     pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
