@@ -1,11 +1,14 @@
-"""Shared by the benchmark scripts: machine description and atomic JSON output."""
+"""Shared by the benchmark scripts: machine description, atomic JSON output, argument lists and the
+`run_benchmark` wrapper that turns a bad input into one line and exit code 1."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -61,3 +64,32 @@ def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: "1024,2048" -> [1024, 2048] (a usage error otherwise)."""
+    return _number_list(text, int)
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type: "100,1000" -> [100.0, 1000.0]; "" -> []."""
+    return _number_list(text, float)
+
+
+def _number_list(text: str, kind: Callable[[str], Any]) -> list[Any]:
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+
+
+def run_benchmark(main: Callable[[], Any]) -> None:
+    """Run a benchmark's `main`: an edgeattn error (a bad model, folder or setting) is one line on
+    stderr and exit code 1, not a traceback."""
+    from edgeattn.errors import EdgeAttnError
+
+    try:
+        main()
+    except EdgeAttnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.common import machine, run_benchmark, write_json  # noqa: E402
 
 DEFAULT = "demo:tiny-llama,demo:tiny-vit,demo:tiny-llava,zoo:minilm-l6,zoo:dinov2-s14,zoo:smollm2-135m"
 
@@ -64,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

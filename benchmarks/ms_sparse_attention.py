@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.common import machine, run_benchmark, write_json  # noqa: E402
 
 THREADS = 2
 
@@ -127,12 +127,12 @@ def main() -> None:
     runs: dict[str, Any] = {"attention_op": lambda: plain.run(None, feeds), "ms_sparse_attention": lambda: ms(q, k, v),
                             "edgeattn_block_gather": lambda: gathered.run(None, feeds)}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()
+    for call in runs.values():
+        call()
     for _ in range(args.repeats):
-        for name, run in runs.items():
+        for name, call in runs.items():
             start = time.perf_counter()
-            run()
+            call()
             times[name].append((time.perf_counter() - start) * 1e3)
     density = float(layout.sum() / (layout.shape[0] * (layout.shape[0] + 1) / 2))
     results = {name: {"median_ms": statistics.median(t),
@@ -148,4 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, write_json
+from benchmarks.common import RESULTS, machine, run_benchmark, write_json
 
 KS = (256, 128, 64, 32, 16)
 LAYERS = 12
@@ -266,4 +266,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

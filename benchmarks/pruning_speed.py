@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, median_ms, write_json
+from benchmarks.common import RESULTS, machine, median_ms, run_benchmark, write_json
 
 KS = (192, 128, 64)
 PROMPT_TOKENS = 32
@@ -174,4 +174,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.common import int_list, machine, run_benchmark, write_json  # noqa: E402
 
 DEFAULT = "zoo:smollm2-135m,zoo:minilm-l6,zoo:dinov2-s14,demo:tiny-llama,demo:tiny-vit,demo:tiny-llava"
 
@@ -118,13 +118,13 @@ def bench_third_party(folder: Path) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT)
-    parser.add_argument("--opsets", default="23,17")
+    parser.add_argument("--opsets", type=int_list, default=[23, 17])
     parser.add_argument("--third-party", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for opset in (int(o) for o in args.opsets.split(",")):
+        for opset in args.opsets:
             for model_name in args.models.split(","):
                 rows.extend(bench_export(model_name, opset, folder))
         if args.third_party:
@@ -139,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

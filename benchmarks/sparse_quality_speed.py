@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.common import float_list, int_list, machine, run_benchmark, write_json  # noqa: E402
 
 THREADS = 2
 VARIANTS: dict[str, list[str]] = {  # name -> --sparse flags ("plain": the export as it is)
@@ -261,15 +261,14 @@ def load_average() -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, help="an existing `edgeattn export zoo:smollm2-135m` folder")
-    parser.add_argument("--lengths", default="1024,2048,4096")
-    parser.add_argument("--repeats", default="5,3,3", help="timed rounds per length (after a warm-up round)")
-    parser.add_argument("--skip-factors", default="100,1000", help="BLASST scale factors ('' to skip)")
+    parser.add_argument("--lengths", type=int_list, default=[1024, 2048, 4096], help="comma-separated")
+    parser.add_argument("--repeats", type=int_list, default=[5, 3, 3], help="timed rounds per length (after a warm-up round)")
+    parser.add_argument("--skip-factors", type=float_list, default=[100.0, 1000.0], help="BLASST scale factors ('' to skip)")
     parser.add_argument("--micro-repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, help="folder for the rewritten decoders (default: a temp folder)")
     parser.add_argument("--output", default="sparse_quality_speed", help="results/<output>.json")
     args = parser.parse_args()
-    lengths = [int(x) for x in args.lengths.split(",")]
-    repeats = [int(x) for x in args.repeats.split(",")]
+    lengths, repeats = args.lengths, args.repeats
     started = time.perf_counter()
     loads = {"start": load_average()}
     if args.work is not None:
@@ -305,7 +304,7 @@ def main() -> None:
         micro = attention_micro(lengths[-1], args.micro_repeats, work)
         print(f"attention only, L={lengths[-1]}: " + ", ".join(f"{k} {v['median_ms']:.0f} ms" for k, v in micro.items()),
               flush=True)
-        factors = [float(x) for x in args.skip_factors.split(",") if x]
+        factors = args.skip_factors
         skip_rows = skip_softmax(folder, work, factors, cases) if factors else []
     loads["end"] = load_average()
     payload = {"machine": machine(), "threads": THREADS, "load_average": loads,
@@ -356,4 +355,4 @@ def markdown(payload: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)
