@@ -268,3 +268,16 @@ def test_inspect_says_skip_softmax_computes_everything_in_onnxruntime(tmp_path):
     data = json.loads(runner.invoke(cli, ["inspect", str(tmp_path / "out.onnx"), "--json"]).output)
     assert data["edgeattn_ops"] == {"SkipSoftmaxAttention": 1} and "computes every score" in data["notes"][0]
     assert data["edgeattn_nodes"][0]["attributes"]["scale_factor"] == 4.0
+
+
+def test_a_benchmark_given_a_bad_setting_says_so_in_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ms_sparse_attention.py"
+    proc = subprocess.run([sys.executable, str(script), "--length", "100"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "does not divide" in proc.stderr
+    proc = subprocess.run([sys.executable, str(script), "--length", "x"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "invalid int value" in proc.stderr
