@@ -76,7 +76,7 @@ RECIPE_ERRORS = {
     "site-attribute": ({"site": [{"scale": 0.5}]}, "sets 'scale', which Attention takes from the site itself"),
     "reversed-range": ({"site": [{"layers": "3-1"}]}, "has the reversed range '3-1'; write it as \"1-3\""),
     "malformed-range": ({"site": [{"layers": "one-two"}]}, "has the bad range 'one-two'"),
-    "negative-layer": ({"site": [{"layers": [-1]}]}, "must list layer numbers >= 0"),
+    "negative-layer": ({"site": [{"layers": [-1]}]}, "must list numbers >= 0"),
     "beyond-last-layer": ({"site": [{"layers": "0-40"}]}, "asks for layers 0-40, but the last layer is 2"),
     "selects-nothing": ({"site": [{"name": "*cross_attn*"}]}, "selects no attention site; the 3 sites are named like"),
     "not-tunable": ({"site": [{"inputs": {"scale": "s"}}]}, "'scale', which is not a tunable parameter of Attention"),

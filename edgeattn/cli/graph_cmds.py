@@ -63,12 +63,17 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
               help="Also prune the visual tokens of this vision-encoder graph to K (fastervlm, mean-received, holov, "
                    "flashvlm, zeroth-order, random, uniform), as `export --prune` does.")
 @_component_option
+@click.option("--force", is_flag=True, help="Replace OUT (and OUT.data) if it exists. IN is never replaced.")
 @json_option
 def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
             sparse: tuple[str, ...], lowering: str | None, prune: str | None, component: str | None,
-            as_json: bool) -> None:
+            force: bool, as_json: bool) -> None:
     """Rewrite the attention sites of IN into edgeattn ops and write OUT."""
     import dataclasses
+
+    from edgeattn.graphs.io import check_output_file
+
+    check_output_file(source, destination, force)
 
     if prune is not None:
         _rewrite_and_prune(source, destination, recipe, target, external_data, prune, bool(sparse), component, as_json)

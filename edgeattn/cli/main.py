@@ -8,7 +8,6 @@ import sys
 import click
 
 from edgeattn import __version__
-from edgeattn.errors import EdgeAttnError
 
 # "module:attribute" of each command, in the order `--help` lists them. Commands are imported lazily
 # so `edgeattn --help` stays fast and no command pays for another's imports.
@@ -55,17 +54,12 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
+    """Run the CLI. Every user error ends in one line on stderr and exit code 1 (see `boundary`)."""
+    from edgeattn.cli.boundary import handle_errors, terminate_like_interrupt
+
+    terminate_like_interrupt()
+    with handle_errors():
         cli.main(args=argv, prog_name="edgeattn", standalone_mode=False)
-    except EdgeAttnError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
     sys.exit(0)
 
 

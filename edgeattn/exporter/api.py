@@ -44,7 +44,8 @@ def export_model(
 ) -> dict[str, Any]:
     """Export every component of ``model`` into ``out`` and return the manifest written there."""
     out = Path(out)
-    with staged_folder(out, options.force) as stage:  # refuse an existing folder before loading anything
+    inputs = [Path(model)] if isinstance(model, str) and Path(model).exists() else []
+    with staged_folder(out, options.force, inputs) as stage:  # refuse an existing folder before loading anything
         with step(f"load {model if isinstance(model, str) else model.name}"):
             loaded = load_model(model) if isinstance(model, str) else model
         manifest = base_manifest(loaded, options)

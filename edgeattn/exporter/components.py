@@ -87,7 +87,7 @@ def embed_component(embed_tokens: torch.nn.Module, config: Any) -> Component:
     )
 
 
-def decoder_geometry(config: Any) -> dict[str, int]:
+def decoder_geometry(config: Any) -> dict[str, int | None]:
     heads = int(config.num_attention_heads)
     head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     return {
@@ -97,6 +97,8 @@ def decoder_geometry(config: Any) -> dict[str, int]:
         "head_size": head_size,
         "hidden_size": int(config.hidden_size),
         "vocab_size": int(config.vocab_size),
+        # The longest sequence (prompt + generated) the model's positions cover; `run` refuses longer ones.
+        "max_positions": int(getattr(config, "max_position_embeddings", 0) or 0) or None,
     }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgeattn.errors import RecipeError
+from edgeattn.graphs.ranges import MAX_LAYERS, check_indices, parse_index_ranges
 from edgeattn.graphs.report import Site
 from edgeattn.plugins.registry import Registry, default_registry
 
@@ -33,7 +34,7 @@ KEEP = "keep"
 SELECTOR_KEYS = ("component", "layers", "name")
 ENTRY_KEYS = (*SELECTOR_KEYS, "op", "inputs")
 TOP_KEYS = ("version", "default_op", "site")
-_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+MAX_RECIPE_BYTES = 1 << 20
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/\-]*$")
 
 
@@ -76,10 +77,16 @@ class Recipe:
     @staticmethod
     def load(path: str | os.PathLike, registry: Registry | None = None) -> Recipe:
         path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe {path} does not exist or is not a file; pass the path of a TOML file")
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {path} is {path.stat().st_size} bytes, far more than a recipe; check the path")
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise RecipeError(f"recipe {path} does not exist; pass the path of a TOML file") from err
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise RecipeError(f"recipe {path} is not UTF-8 text; save it as UTF-8") from None
+        except RecursionError:
+            raise RecipeError(f"recipe {path} nests too deeply to be a recipe") from None
         except tomllib.TOMLDecodeError as err:
             raise RecipeError(f"recipe {path} is not valid TOML ({err}); fix the syntax at that line") from err
         return Recipe.parse(data, registry, source=str(path))
@@ -165,23 +172,14 @@ def _parse_layers(value: Any, where: str) -> tuple[tuple[int, ...] | None, str |
         return None, None
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if isinstance(value, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value) or not value:
-            raise RecipeError(f"'layers' in {where} must list layer numbers >= 0, got {value!r}")
-        return tuple(sorted(set(value))), ",".join(str(v) for v in value)
-    if not isinstance(value, str):
-        raise RecipeError(f"'layers' in {where} must be a string like \"0-11\" or a list of numbers, got {value!r}")
-    layers: set[int] = set()
-    for part in value.split(","):
-        found = _RANGE.match(part)
-        if found is None:
-            raise RecipeError(f"'layers' in {where} has the bad range {part.strip()!r}; write \"3\", \"0-11\" or \"0,2,8-11\"")
-        start = int(found.group(1))
-        end = int(found.group(2)) if found.group(2) is not None else start
-        if end < start:
-            raise RecipeError(f"'layers' in {where} has the reversed range {part.strip()!r}; write it as \"{end}-{start}\"")
-        layers.update(range(start, end + 1))
-    return tuple(sorted(layers)), value
+    try:
+        if isinstance(value, list):
+            return check_indices(value, limit=MAX_LAYERS, what=f"'layers' in {where}"), ",".join(map(str, value))
+        if isinstance(value, str):
+            return parse_index_ranges(value, limit=MAX_LAYERS, what=f"'layers' in {where}"), value
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+    raise RecipeError(f"'layers' in {where} must be a string like \"0-11\" or a list of numbers, got {value!r}")
 
 
 def _parse_inputs(value: Any, spec: Any, op: str, where: str) -> dict[str, str]:

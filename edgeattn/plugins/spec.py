@@ -8,6 +8,7 @@ arrays of ints or floats), so every op can be written as a TensorRT plugin node 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
@@ -43,21 +44,43 @@ class AttrSpec:
         else:
             item = int if self.kind == "ints" else float
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"attribute '{self.name}' takes a list of {item.__name__}s, got {value!r}")
+                raise ValueError(f"attribute '{self.name}' takes a list of {item.__name__}s, got {_shown(value)}")
+            if len(value) > _MAX_LIST:
+                raise ValueError(f"attribute '{self.name}' takes at most {_MAX_LIST} values, got {len(value)}")
             value = tuple(_coerce_scalar(self.name, v, item) for v in value)
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"attribute '{self.name}' takes one of {list(self.choices)}, got {value!r}")
         return value
 
 
+_INT64 = 1 << 63
+_MAX_STRING = 4096
+_MAX_LIST = 65536
+
+
 def _coerce_scalar(name: str, value: Any, expected: type) -> Any:
+    """`value` as `expected`: ints within int64, floats finite (NaN and infinity are never a threshold, a
+    window or a budget), strings of sane length."""
     if isinstance(value, bool) and expected is not str:
         return expected(value)
     if expected is float and isinstance(value, int):
+        if abs(value) >= _INT64:
+            raise ValueError(f"attribute '{name}' takes a finite float, got {value!r}")
         return float(value)
     if not isinstance(value, expected):
-        raise ValueError(f"attribute '{name}' takes a {expected.__name__}, got {value!r}")
+        raise ValueError(f"attribute '{name}' takes a {expected.__name__}, got {_shown(value)}")
+    if expected is float and not math.isfinite(value):
+        raise ValueError(f"attribute '{name}' takes a finite float, got {value!r}")
+    if expected is int and not -_INT64 <= value < _INT64:
+        raise ValueError(f"attribute '{name}' takes a 64-bit integer, got {value!r}")
+    if expected is str and len(value) > _MAX_STRING:
+        raise ValueError(f"attribute '{name}' takes a string of at most {_MAX_STRING} characters")
     return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgeattn.errors import RuntimeUnavailableError
+from edgeattn.errors import GraphError, RuntimeUnavailableError
 
 
 def session_from_onnx(path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> Any:
@@ -16,7 +16,10 @@ def session_from_onnx(path: str | Path, providers: list[str] | None = None, thre
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads is None and os.environ.get("EDGEATTN_THREADS"):
-        threads = int(os.environ["EDGEATTN_THREADS"])
+        text = os.environ["EDGEATTN_THREADS"]
+        if not text.isdigit() or not 1 <= int(text) <= 1024:
+            raise RuntimeUnavailableError(f"EDGEATTN_THREADS={text!r} is not a thread count; set it to 1-1024 or unset it")
+        threads = int(text)
     if threads:
         opts.intra_op_num_threads = threads
     available = ort.get_available_providers()
@@ -26,4 +29,16 @@ def session_from_onnx(path: str | Path, providers: list[str] | None = None, thre
         raise RuntimeUnavailableError(
             f"onnxruntime provider(s) {', '.join(missing)} not available here; available: {', '.join(available)}"
         )
-    return ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+    from edgeattn.graphs.io import load
+
+    load(path)  # refuses unreadable files and external data outside the model's folder, in one line
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... types
+        raise GraphError(f"onnxruntime cannot load {path} ({type(err).__name__}: {one_line(err)}); re-export the "
+                         "model or check the file") from None
+
+
+def one_line(err: object, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

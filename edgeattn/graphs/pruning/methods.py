@@ -19,10 +19,14 @@ are listed in `METHODS`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeattn.errors import PruningError
+from edgeattn.graphs.ranges import MAX_LAYERS
+
+MAX_TOKENS = 1 << 20  # a budget k beyond any image's token count (checked against the encoder later)
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,11 @@ class Param:
     default: Any
     doc: str
     choices: tuple[Any, ...] | None = None
+    bounds: tuple[float, float] | None = None  # inclusive range of a number (every number must be finite)
 
 
 COMMON: dict[str, Param] = {
-    "layer": Param(None, "attention layer to score at (default: the last one)"),
+    "layer": Param(None, "attention layer to score at (default: the last one)", bounds=(0, MAX_LAYERS - 1)),
     "head_reduce": Param("mean", "how heads are combined", ("mean", "max")),
     "cls": Param("auto", "whether token 0 of the encoder is a [CLS] token", ("auto", 0, 1)),
     "keep_cls": Param(0, "1: the [CLS] token stays first in the pruned output", (0, 1)),
@@ -62,14 +67,14 @@ class Method:
 
 
 _FLASH = {
-    "eta": Param(0.5, "weight of the prompt relevance against the attention"),
-    "text_temperature": Param(0.05, "softmax temperature over prompt tokens"),
-    "relevance_temperature": Param(0.01, "softmax temperature over image tokens"),
-    "power": Param(2.5, "sharpening exponent"),
-    "quantile": Param(0.995, "relevance below this quantile is damped"),
-    "damping": Param(0.1, "factor on damped relevance"),
-    "important_ratio": Param(0.5, "share of k kept by score before the diversity fill"),
-    "dedup_step": Param(8, "tokens dropped per de-duplication round"),
+    "eta": Param(0.5, "weight of the prompt relevance against the attention", bounds=(0.0, 1.0)),
+    "text_temperature": Param(0.05, "softmax temperature over prompt tokens", bounds=(1e-6, 1e6)),
+    "relevance_temperature": Param(0.01, "softmax temperature over image tokens", bounds=(1e-6, 1e6)),
+    "power": Param(2.5, "sharpening exponent", bounds=(0.0, 100.0)),
+    "quantile": Param(0.995, "relevance below this quantile is damped", bounds=(0.0, 1.0)),
+    "damping": Param(0.1, "factor on damped relevance", bounds=(0.0, 1.0)),
+    "important_ratio": Param(0.5, "share of k kept by score before the diversity fill", bounds=(0.0, 1.0)),
+    "dedup_step": Param(8, "tokens dropped per de-duplication round", bounds=(1, 1 << 20)),
     "projector": Param("*projector*", "glob naming the projector nodes (their input is the de-dup feature)"),
 }
 
@@ -80,18 +85,18 @@ METHODS: dict[str, Method] = {
         Method("mean-received", "mean attention each token receives over all queries and heads, top-k", "mean_received",
                "topk"),
         Method("holov", "[CLS] attention, per-region budgets from attention and similarity variance (HoloV)", "cls",
-               "regions", {"regions": Param(16, "contiguous chunks of the raster sequence"),
-                           "alpha": Param(0.09, "weight of the similarity variance"),
-                           "attention_scale": Param(1000.0, "factor on the attention score")}),
+               "regions", {"regions": Param(16, "contiguous chunks of the raster sequence", bounds=(1, 1 << 16)),
+                           "alpha": Param(0.09, "weight of the similarity variance", bounds=(-1e6, 1e6)),
+                           "attention_scale": Param(1000.0, "factor on the attention score", bounds=(-1e9, 1e9))}),
         Method("flashvlm", "[CLS] attention fused with prompt relevance; half top-k, half diversity fill (FlashVLM)",
                "text", "diversity", _FLASH),
         Method("zeroth-order", "projector sensitivity by central differences, greedy max-min (ZOO-Prune)", "sensitivity",
-               "maxmin", {"directions": Param(64, "random unit directions m"),
-                          "step": Param(0.01, "finite-difference step h"),
-                          "seed": Param(0, "seed of the directions"),
+               "maxmin", {"directions": Param(64, "random unit directions m", bounds=(1, 4096)),
+                          "step": Param(0.01, "finite-difference step h", bounds=(1e-9, 1e3)),
+                          "seed": Param(0, "seed of the directions", bounds=(0, 2**31 - 1)),
                           "projector": Param("*projector*", "glob naming the projector nodes (M)")}),
         Method("random", "a fixed seeded random subset of positions (baseline)", "constant", "topk",
-               {"seed": Param(0, "seed of the subset")}),
+               {"seed": Param(0, "seed of the subset", bounds=(0, 2**31 - 1))}),
         Method("uniform", "a spatial grid of patches (baseline)", "constant", "topk"),
     )
 }
@@ -147,8 +152,8 @@ def make_spec(method: str, k: int, params: Mapping[str, Any] | None = None) -> P
     """A PruneSpec from values (strings are converted to each parameter's type)."""
     if method not in METHODS:
         raise PruningError(f"unknown pruning method {method!r}; choose one of: {', '.join(METHODS)}")
-    if k < 1:
-        raise PruningError(f"the pruning budget k must be at least 1 token (got {k})")
+    if not 1 <= k <= MAX_TOKENS:
+        raise PruningError(f"the pruning budget k must be 1 to {MAX_TOKENS} tokens (got {k})")
     known = {**COMMON, **METHODS[method].params}
     resolved = {name: p.default for name, p in known.items()}
     for name, value in (params or {}).items():
@@ -172,6 +177,10 @@ def _convert(method: str, name: str, param: Param, value: Any) -> Any:
         value = float(value)
     if param.choices is not None and value not in param.choices:
         raise PruningError(f"{method} parameter {name} takes one of {list(param.choices)}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = param.bounds or (-(2**63), 2**63 - 1)
+        if not math.isfinite(value) or not low <= value <= high:
+            raise PruningError(f"{method} parameter {name}={value!r} is out of range; it takes {low} to {high}")
     return value
 
 

@@ -26,6 +26,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
+from edgeattn.graphs.dim_expr import canonical_dim
 from edgeattn.graphs.values import dims
 
 _EDGEATTN = "edgeattn"
@@ -107,25 +108,6 @@ def _factor(model: ir.Model, mask: ir.Value, q_len: object, kv_len: object) -> F
         nodes.append(node)
         combined = node.outputs[0]
     return Factored(combined, tuple(nodes))
-
-
-def canonical_dim(dim: object) -> object:
-    """A dim in one spelling: ints as they are, symbolic expressions normalised
-    ("sequence + past_sequence" and "past_sequence + sequence" are the same length)."""
-    if not isinstance(dim, str):
-        return dim
-    try:
-        import sympy
-
-        return str(sympy.sympify(dim, locals={name: sympy.Symbol(name) for name in _names(dim)}))
-    except Exception:  # noqa: BLE001 - a name sympy cannot read stays as written
-        return dim
-
-
-def _names(expression: str) -> list[str]:
-    import re
-
-    return re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)
 
 
 def _lengths_match(value: ir.Value, q_len: object, kv_len: object) -> bool:

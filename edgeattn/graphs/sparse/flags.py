@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from edgeattn.errors import RecipeError
+from edgeattn.graphs.ranges import MAX_HEADS, MAX_LAYERS, parse_index_ranges
 from edgeattn.plugins.registry import Registry, default_registry
 
 # method -> (op, fixed parameters, {flag key: op attribute})
@@ -59,6 +60,8 @@ def parse_sparse_flag(text: str, registry: Registry | None = None) -> dict[str, 
         value = _value(raw.strip())
         if key in SELECTORS:
             entry[key] = str(raw.strip())
+            if key == "layers":  # checked (and bounded) here, so a bad range fails before the model is read
+                _layers(entry[key], text)
             continue
         if key == "heads":
             entry["heads"] = _heads(raw.strip(), text)
@@ -103,13 +106,14 @@ def _coerce(spec: Any, name: str, value: Any, text: str) -> Any:
 
 
 def _heads(raw: str, text: str) -> list[int]:
-    heads: set[int] = set()
-    for part in raw.replace(";", " ").replace("+", " ").split():
-        found = re.match(r"^(\d+)(?:-(\d+))?$", part)
-        if found is None:
-            raise RecipeError(f"--sparse {text!r}: heads takes a range like 0-3 or 0-1+5, got {raw!r}")
-        start, end = int(found.group(1)), int(found.group(2) or found.group(1))
-        if end < start:
-            raise RecipeError(f"--sparse {text!r}: the heads range {part} is reversed; write {end}-{start}")
-        heads.update(range(start, end + 1))
-    return sorted(heads)
+    try:
+        return list(parse_index_ranges(raw, limit=MAX_HEADS, what=f"--sparse {text!r}: heads"))
+    except ValueError as err:
+        raise RecipeError(f"{err} (a range like 0-3 or 0-1+5)") from None
+
+
+def _layers(raw: str, text: str) -> None:
+    try:
+        parse_index_ranges(raw, limit=MAX_LAYERS, what=f"--sparse {text!r}: layers")
+    except ValueError as err:
+        raise RecipeError(str(err)) from None

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_ir as ir
 
+from edgeattn.graphs.dim_expr import canonical_dim
 from edgeattn.graphs.values import dims, static_dim
 from edgeattn.plugins.bodies import BOOL, Nodes
 
@@ -31,8 +32,6 @@ class Site:
     @property
     def lengths(self) -> tuple[str, str]:
         """The query and key lengths as the graph writes them (what makes layers share values)."""
-        from edgeattn.graphs.sparse.causal import canonical_dim
-
         q_len, kv_len = dims(self.query)[2], dims(self.key)[2]
         if q_len is None or kv_len is None:  # unknown lengths: nothing is shared with other layers
             return f"node:{id(self.node)}", ""
