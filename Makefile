@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeattn demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	EDGEATTN_REQUIRE_ZOO=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:

@@ -3,8 +3,8 @@
 block-sparse attention with block selection, and visual-token pruning (issue #7).
 
 Needs a CUDA GPU, torch and triton, nothing else: it imports the kernel modules of this checkout
-(``edgeattn/plugins/skip_softmax/{kernel,ops,reference,config}.py``,
-``edgeattn/plugins/{block_sparse_kernels,token_kernels}/`` and ``plugins/triton_aot.py``, which use
+(``edgeattn/kernels/skip_softmax/{kernel,ops,reference,config}.py``,
+``edgeattn/kernels/{block_sparse,tokens}/`` and ``edgeattn/kernels/triton_aot.py``, which use
 only torch, triton and the standard library; the block-sparse and token sections also compare
 with the registry references of their ops, which need nothing more where onnx is installed).
 Run from anywhere::
@@ -125,12 +125,12 @@ def load_kernel_modules() -> tuple[Any, Any, Any]:
     """Import ops/reference/config from this checkout without importing the rest of edgeattn."""
     sys.path.insert(0, str(ROOT))
     try:
-        from edgeattn.plugins.skip_softmax import config, ops, reference
+        from edgeattn.kernels.skip_softmax import config, ops, reference
     except ImportError:  # a package __init__ needs something not installed here: bypass them
         for name in [n for n in sys.modules if n == "edgeattn" or n.startswith("edgeattn.")]:
             del sys.modules[name]
-        _stub_packages(("edgeattn", "edgeattn.plugins"))
-        from edgeattn.plugins.skip_softmax import config, ops, reference
+        _stub_packages(("edgeattn", "edgeattn.ops"))
+        from edgeattn.kernels.skip_softmax import config, ops, reference
     return ops, reference, config
 
 
@@ -152,12 +152,12 @@ def load_sparse_modules() -> types.SimpleNamespace:
     """The block-sparse and token kernel wrappers, and the registry references they are checked against."""
     load_kernel_modules()  # puts the checkout on sys.path (and stubs edgeattn's __init__ where needed)
     return types.SimpleNamespace(
-        bs_ops=_import_leaf("edgeattn.plugins.block_sparse_kernels.ops"),
-        tk_ops=_import_leaf("edgeattn.plugins.token_kernels.ops"),
-        select_ref=_import_leaf("edgeattn.plugins.block_select.reference"),
-        sparse_ref=_import_leaf("edgeattn.plugins.block_sparse_attention.reference"),
-        score_ref=_import_leaf("edgeattn.plugins.token_score.reference"),
-        select_tok_ref=_import_leaf("edgeattn.plugins.token_select.reference"),
+        bs_ops=_import_leaf("edgeattn.kernels.block_sparse.ops"),
+        tk_ops=_import_leaf("edgeattn.kernels.tokens.ops"),
+        select_ref=_import_leaf("edgeattn.ops.block_select.reference"),
+        sparse_ref=_import_leaf("edgeattn.ops.block_sparse_attention.reference"),
+        score_ref=_import_leaf("edgeattn.ops.token_score.reference"),
+        select_tok_ref=_import_leaf("edgeattn.ops.token_select.reference"),
     )
 
 

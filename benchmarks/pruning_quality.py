@@ -55,7 +55,7 @@ def extract(images: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
 
     from edgeattn.exporter.zoo import load_zoo
     from edgeattn.graphs.pruning.projector import directions
-    from edgeattn.plugins.token_score import token_score_reference as score
+    from edgeattn.ops.token_score import token_score_reference as score
 
     model = load_zoo("dinov2-s14").model
     captured: dict[str, torch.Tensor] = {}
@@ -126,8 +126,8 @@ def select(method: str, k: int, feats: dict[str, np.ndarray], index: int, weight
     import torch
 
     from edgeattn.graphs.pruning.baselines import random_scores, uniform_scores
-    from edgeattn.plugins.token_score.reference import text_relevance
-    from edgeattn.plugins.token_select import token_select_reference as keep
+    from edgeattn.ops.token_score.reference import text_relevance
+    from edgeattn.ops.token_select import token_select_reference as keep
 
     tokens = torch.from_numpy(feats["tokens"][index : index + 1].astype(np.float32))  # [1, 257, 384]
     patches = tokens[:, 1:]

@@ -64,7 +64,7 @@ def geometry(manifest: dict[str, Any], model: Any) -> dict[str, int]:
 class Variant:
     def __init__(self, name: str, vision_path: Path, folder: Path, manifest: dict[str, Any], threads: int) -> None:
         from edgeattn.runtime.generate import DecoderRunner
-        from edgeattn.runtime.session import session_from_onnx
+        from edgeattn.graphs.session import session_from_onnx
 
         self.name = name
         self.runner = DecoderRunner(folder, manifest, threads=threads)
@@ -92,7 +92,7 @@ def run(repeats: int, cache: Path, threads: int) -> dict[str, Any]:
 
     from edgeattn.exporter.sources import load_model
     from edgeattn.graphs.pruning import prune_file
-    from edgeattn.runtime.demo import demo_image
+    from edgeattn.demo import demo_image
     from edgeattn.runtime.images import pixel_values
 
     folder = cache / "dinov2-smollm2"

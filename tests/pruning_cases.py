@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeattn.graphs.lower import lower
-from edgeattn.plugins.registry import default_registry
+from edgeattn.ops.registry import default_registry
 
 _TYPES = {np.dtype(np.float32): ir.DataType.FLOAT, np.dtype(np.int64): ir.DataType.INT64,
           np.dtype(np.bool_): ir.DataType.BOOL, np.dtype(np.float16): ir.DataType.FLOAT16}

@@ -16,9 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeattn.plugins.registry import Registry, default_registry, get_op
-from edgeattn.plugins.schema import onnx_schema, register_onnx_schemas
-from edgeattn.plugins.spec import AttrSpec, IOSpec
+from edgeattn.ops.registry import Registry, default_registry, get_op
+from edgeattn.ops.schema import onnx_schema, register_onnx_schemas
+from edgeattn.ops.spec import AttrSpec, IOSpec
 
 from graphs_golden import RTOL_FLOAT32, relative_error, session
 

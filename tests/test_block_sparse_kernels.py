@@ -29,11 +29,11 @@ import pytest
 import torch
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.plugins.block_sparse_attention.reference import block_sparse_attention_reference
-from edgeattn.plugins.block_sparse_kernels import ops
-from edgeattn.plugins.block_sparse_kernels.config import AttentionConfig, attention_config, select_config
+from edgeattn.ops.block_sparse_attention.reference import block_sparse_attention_reference
+from edgeattn.kernels.block_sparse import ops
+from edgeattn.kernels.block_sparse.config import AttentionConfig, attention_config, select_config
 
-select_ref = importlib.import_module("edgeattn.plugins.block_select.reference")
+select_ref = importlib.import_module("edgeattn.ops.block_select.reference")
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

@@ -11,7 +11,7 @@ import torch
 
 from edgeattn.exporter.api import ExportOptions, export_model
 from edgeattn.exporter.sources import load_model
-from edgeattn.runtime.session import session_from_onnx
+from edgeattn.graphs.session import session_from_onnx
 from tests.models import hf_folders
 
 
@@ -168,5 +168,10 @@ def test_existing_folder_needs_force(tmp_path):
     with pytest.raises(EdgeAttnError, match="already exists; pass --force"):
         export_model("demo:tiny-vit", out)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(EdgeAttnError, match="not an edgeattn export"):  # --force never deletes the user's folder
+        export_model("demo:tiny-vit", out, ExportOptions(force=True, validate=False))
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder, or one edgeattn wrote, is replaced with --force
     export_model("demo:tiny-vit", out, ExportOptions(force=True, validate=False))
-    assert (out / "vision.onnx").is_file() and not (out / "keep.txt").exists()
+    export_model("demo:tiny-vit", out, ExportOptions(force=True, validate=False))
+    assert (out / "vision.onnx").is_file() and (out / "manifest.json").is_file()

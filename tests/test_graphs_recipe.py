@@ -14,9 +14,9 @@ import pytest
 
 from edgeattn.errors import GraphError, RecipeError
 from edgeattn.graphs import Recipe, find_sites, rewrite
-from edgeattn.plugins.attention.function import build_function as attention_body
-from edgeattn.plugins.registry import default_registry, get_op
-from edgeattn.plugins.spec import AttrSpec, CallFacts, IOSpec, OpSpec
+from edgeattn.ops.attention.function import build_function as attention_body
+from edgeattn.ops.registry import default_registry, get_op
+from edgeattn.ops.spec import AttrSpec, CallFacts, IOSpec, OpSpec
 
 from graphs_golden import RTOL_FLOAT32, Dialect, build, parity, relative_error, session
 

@@ -13,7 +13,7 @@ from edgeattn.exporter.manifest import read_manifest
 from edgeattn.exporter.sources import load_model
 from edgeattn.graphs.pruning import prune_file
 from edgeattn.runtime.generate import DecoderRunner
-from edgeattn.runtime.session import session_from_onnx
+from edgeattn.graphs.session import session_from_onnx
 from tests.test_cli import invoke
 
 IMAGE_ID, K = 259, 16

@@ -8,10 +8,10 @@ import onnx
 import pytest
 import torch
 
-from edgeattn.plugins.registry import default_registry
-from edgeattn.plugins.schema import onnx_schema
-from edgeattn.plugins.token_score import token_score_reference
-from edgeattn.plugins.token_select import token_select_reference
+from edgeattn.ops.registry import default_registry
+from edgeattn.ops.schema import onnx_schema
+from edgeattn.ops.token_score import token_score_reference
+from edgeattn.ops.token_select import token_select_reference
 from tests.pruning_cases import run_node, single_node_model
 
 RNG = np.random.default_rng(0)

@@ -16,7 +16,7 @@ import pytest
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.exporter.files import staged_folder
-from edgeattn.graphs.dim_expr import canonical_dim
+from edgeattn.ops.dims import canonical_dim
 from edgeattn.paths import UnsafePathError, confined
 
 

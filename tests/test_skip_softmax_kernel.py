@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.plugins.skip_softmax.config import auto_num_splits, default_config, kernel_block_m
-from edgeattn.plugins.skip_softmax.reference import (
+from edgeattn.kernels.skip_softmax.config import auto_num_splits, default_config, kernel_block_m
+from edgeattn.kernels.skip_softmax.reference import (
     kv_tiles_per_split,
     skip_margins,
     skip_softmax_attention_reference,
@@ -84,7 +84,7 @@ def thresholds(margins, quantiles=(0.3, 0.6, 0.9), min_gap=1e-3):
 
 
 def kernel(*args, **kwargs):
-    from edgeattn.plugins.skip_softmax.ops import skip_softmax_attention
+    from edgeattn.kernels.skip_softmax.ops import skip_softmax_attention
 
     return skip_softmax_attention(*args, **kwargs)
 
@@ -210,7 +210,7 @@ def test_kernel_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm
 
 @pytest.mark.parametrize("v_load", [0, 1, 2])
 def test_kernel_skip_decisions_do_not_depend_on_where_v_is_read(v_load):
-    from edgeattn.plugins.skip_softmax.ops import KernelConfig
+    from edgeattn.kernels.skip_softmax.ops import KernelConfig
 
     q, k, v = make_qkv(1, 2, 1, 40, 90, 32, seed=9, dtype=torch.float16)
     q64, k64, v64 = q.double(), k.double(), v.double()

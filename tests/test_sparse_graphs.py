@@ -13,7 +13,7 @@ from edgeattn.errors import RecipeError
 from edgeattn.graphs.sparse.api import sparsify
 from edgeattn.graphs.sparse.density import layout_density
 from edgeattn.graphs.sparse.flags import parse_sparse_flag
-from edgeattn.plugins.registry import get_op
+from edgeattn.ops.registry import get_op
 from tests.models.sparse_graphs import (
     attention_feeds,
     attention_site,

@@ -15,14 +15,14 @@ from itertools import product
 
 import pytest
 
-from edgeattn.plugins.block_sparse_kernels import attention, selection
-from edgeattn.plugins.block_sparse_kernels.aot import BlockSparseBuild
-from edgeattn.plugins.block_sparse_kernels.aot import _plan as block_plan
-from edgeattn.plugins.token_kernels import scoring
-from edgeattn.plugins.token_kernels import selection as token_selection
-from edgeattn.plugins.token_kernels.aot import TokenScoreBuild, TokenSelectBuild
-from edgeattn.plugins.token_kernels.aot import _plan as token_plan
-from edgeattn.plugins.triton_aot import _check_param_order
+from edgeattn.kernels.block_sparse import attention, selection
+from edgeattn.kernels.block_sparse.aot import BlockSparseBuild
+from edgeattn.kernels.block_sparse.aot import _plan as block_plan
+from edgeattn.kernels.tokens import scoring
+from edgeattn.kernels.tokens import selection as token_selection
+from edgeattn.kernels.tokens.aot import TokenScoreBuild, TokenSelectBuild
+from edgeattn.kernels.tokens.aot import _plan as token_plan
+from edgeattn.kernels.triton_aot import _check_param_order
 
 from test_triton_aot import PTX_TARGET, SMEM_LIMIT, run_compiled_python
 
@@ -79,8 +79,8 @@ def builds(tmp_path_factory) -> dict[str, dict]:
     """sm_87/89/90: block-sparse select (topk, rectify: three kernels) and window at d128 fp16, and the
     token kernels (cls and mean-received scores, top-k, HoloV regions, gather) for 576 tokens."""
     out = tmp_path_factory.mktemp("aot_sparse")
-    run_compiled_python(["-c", "import sys\nfrom edgeattn.plugins.block_sparse_kernels import aot as a\n"
-                         "from edgeattn.plugins.token_kernels import aot as t\n"
+    run_compiled_python(["-c", "import sys\nfrom edgeattn.kernels.block_sparse import aot as a\n"
+                         "from edgeattn.kernels.tokens import aot as t\n"
                          "sys.exit(a.main(['--out', sys.argv[1], '--head-dim', '128', '--rectify']) or "
                          "t.main(['--out', sys.argv[1], '--max-tokens', '576']))", str(out)], out)  # fmt: skip
     records = {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.plugins.attention.reference import attention_reference
-from edgeattn.plugins.registry import get_op
+from edgeattn.ops.attention.reference import attention_reference
+from edgeattn.ops.registry import get_op
 from tests.models.sparse_graphs import full_attrs, rel_err, run_body
 
 TOL = 1e-5

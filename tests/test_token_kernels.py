@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.plugins.token_nodes import DUPLICATE_SNAP
-from edgeattn.plugins.token_kernels import ops
-from edgeattn.plugins.token_kernels import selection as kernels
-from edgeattn.plugins.token_score.reference import token_score_reference
-from edgeattn.plugins.token_select.reference import chunk_ids, token_select_reference
+from edgeattn.ops.token_nodes import DUPLICATE_SNAP
+from edgeattn.kernels.tokens import ops
+from edgeattn.kernels.tokens import selection as kernels
+from edgeattn.ops.token_score.reference import token_score_reference
+from edgeattn.ops.token_select.reference import chunk_ids, token_select_reference
 
 RTOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
 
@@ -185,6 +185,6 @@ def test_refusals():
 
 def test_kernels_keep_the_references_constants():
     assert kernels.DUPLICATE_SNAP.value == DUPLICATE_SNAP
-    from edgeattn.plugins.token_select.reference import QUOTA_SLACK
+    from edgeattn.ops.token_select.reference import QUOTA_SLACK
 
     assert kernels.QUOTA_SLACK.value == QUOTA_SLACK

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgeattn.plugins.skip_softmax.aot import SkipSoftmaxBuild, parameter_order
-from edgeattn.plugins.triton_aot import TARGETS, AotBuildError, KernelParam, _check_param_order, compile_aot
+from edgeattn.kernels.skip_softmax.aot import SkipSoftmaxBuild, parameter_order
+from edgeattn.kernels.triton_aot import TARGETS, AotBuildError, KernelParam, _check_param_order, compile_aot
 
 # Largest dynamic shared memory per block, CUDA C Programming Guide (compute capability 8.7 / 8.9 / 9.0).
 SMEM_LIMIT = {87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -72,7 +72,7 @@ def test_param_order_refusals(params, constexprs, reason):
 
 
 def test_aot_refuses_interpreted_kernels():
-    from edgeattn.plugins.skip_softmax import kernel
+    from edgeattn.kernels.skip_softmax import kernel
 
     with pytest.raises(AotBuildError, match="not a compiled-mode"):
         compile_aot(kernel.skip_softmax_attn_fwd, params=[], constexprs={}, arch=90, num_warps=4, num_stages=2)
@@ -92,7 +92,7 @@ def skip_softmax_builds(tmp_path_factory) -> dict[str, dict]:
     the dense variants differ only in constants and are built by the worker test below)."""
     out = tmp_path_factory.mktemp("aot")
     run_compiled_python(
-        ["-m", "edgeattn.plugins.skip_softmax.aot", "--out", str(out), "--count-skips", "--scale-factor", "10"], out
+        ["-m", "edgeattn.kernels.skip_softmax.aot", "--out", str(out), "--count-skips", "--scale-factor", "10"], out
     )
     records = {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     for record in records.values():
@@ -125,7 +125,7 @@ def test_ptx_targets_the_architecture_and_shared_memory_fits(skip_softmax_builds
 
 
 def test_parameter_order_is_recorded_for_tensorrt(skip_softmax_builds):
-    from edgeattn.plugins.skip_softmax import kernel
+    from edgeattn.kernels.skip_softmax import kernel
 
     declared = {
         "skip_softmax_attn_fwd": kernel.skip_softmax_attn_fwd.arg_names,
@@ -160,9 +160,9 @@ def test_parameter_order_is_recorded_for_tensorrt(skip_softmax_builds):
 WORKER = textwrap.dedent(
     """
     import json, sys
-    from edgeattn.plugins.skip_softmax import kernel
-    from edgeattn.plugins.skip_softmax.aot import SkipSoftmaxBuild, _fwd_constexprs, _fwd_params
-    from edgeattn.plugins.triton_aot import AotBuildError, compile_aot
+    from edgeattn.kernels.skip_softmax import kernel
+    from edgeattn.kernels.skip_softmax.aot import SkipSoftmaxBuild, _fwd_constexprs, _fwd_params
+    from edgeattn.kernels.triton_aot import AotBuildError, compile_aot
 
     b = SkipSoftmaxBuild(head_dim=128, block_n=128, causal=False)
     result = {}

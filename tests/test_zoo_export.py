@@ -52,7 +52,7 @@ def test_minilm_embeddings_match_pytorch(tmp_path):
 
 def test_dinov2_vision_export_matches_pytorch(tmp_path):
     from edgeattn.exporter.api import export_model
-    from edgeattn.runtime.session import session_from_onnx
+    from edgeattn.graphs.session import session_from_onnx
 
     loaded = zoo_model_or_skip("dinov2-s14")
     manifest = export_model(loaded, tmp_path / "dino")

@@ -15,7 +15,7 @@ from edgeattn.cli.common import emit_json, json_option, progress
 @json_option
 def demo(model: str, out: str, prompt: str, max_new_tokens: int, as_json: bool) -> None:
     """Export MODEL (validated against PyTorch), generate from it in onnxruntime, and report latency."""
-    from edgeattn.runtime.demo import run_demo
+    from edgeattn.demo import run_demo
 
     report = run_demo(model, out, prompt, max_new_tokens, step=lambda text: progress(text, enabled=not as_json))
     if as_json:

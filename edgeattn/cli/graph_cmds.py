@@ -10,10 +10,6 @@ import click
 from edgeattn.cli.common import emit_json, json_option, progress
 from edgeattn.errors import GraphError
 
-SKIP_SOFTMAX_NOTE = ("SkipSoftmaxAttention runs its exact function body in onnxruntime, which computes every "
-                     "score (there is no tile-skipping kernel for onnxruntime); the skipping happens in the "
-                     "TensorRT plugin's GPU kernel")
-
 _component_option = click.option(
     "--component", default=None, help="Component the model is (decoder, encoder, vision ...); default: the file stem."
 )
@@ -34,7 +30,9 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
     from edgeattn.graphs.pruning import pruning_nodes
 
     pruning = pruning_nodes(loaded)
-    notes = [SKIP_SOFTMAX_NOTE] if "SkipSoftmaxAttention" in report.edgeattn_ops else []
+    from edgeattn.ops.registry import default_registry
+
+    notes = [op.note for op in default_registry() if op.note and op.name in report.edgeattn_ops]
     if as_json:
         emit_json({"model": str(model), **report.to_json(), "lowered": lowered, "pruning": pruning, "notes": notes})
         return
@@ -69,30 +67,53 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
             sparse: tuple[str, ...], lowering: str | None, prune: str | None, component: str | None,
             force: bool, as_json: bool) -> None:
     """Rewrite the attention sites of IN into edgeattn ops and write OUT."""
-    import dataclasses
-
+    from edgeattn.errors import PruningError
+    from edgeattn.graphs import load, save
     from edgeattn.graphs.io import check_output_file
+    from edgeattn.graphs.passes import PipelineOptions, run_pipeline
+    from edgeattn.graphs.pruning import parse_prune
+    from edgeattn.graphs.sparse.flags import parse_sparse_flag
 
     check_output_file(source, destination, force)
-
-    if prune is not None:
-        _rewrite_and_prune(source, destination, recipe, target, external_data, prune, bool(sparse), component, as_json)
-        return
-    if sparse or lowering == "fast":
-        _rewrite_sparse(source, destination, recipe, target, external_data, sparse, lowering or "fast",
-                        component, as_json)
-        return
-
-    from edgeattn.graphs import load, rewrite as rewrite_model, save
-    from edgeattn.graphs.lower import edgeattn_nodes
-
-    with progress(f"rewriting {source.name}", enabled=not as_json):
+    spec = parse_prune(prune) if prune is not None else None  # flag errors before the model is read
+    if spec is not None and sparse:
+        raise PruningError("--prune and --sparse are separate passes; rewrite with --sparse, then prune its output")
+    for flag in sparse:
+        parse_sparse_flag(flag)
+    sparse_mode = bool(sparse) or lowering == "fast"
+    options = PipelineOptions(recipe=recipe, sparse=sparse, sparse_steps=sparse_mode, prune=spec,
+                              prune_where=source.name, target=target,  # type: ignore[arg-type]
+                              lowering=(lowering or "fast") if sparse_mode else "function",  # type: ignore[arg-type]
+                              component=component or source.stem)
+    what = "rewriting and pruning" if spec is not None else "rewriting"
+    with progress(f"{what} {source.name}", enabled=not as_json):
         model = load(source)
         opset = model.opset_imports.get("", 0)
-        model, report = rewrite_model(model, recipe, target, component=component or source.stem)  # type: ignore[arg-type]
-        if not report.rewritten and not report.kept and not any(True for _ in edgeattn_nodes(model)):
-            _no_sites(source, opset, report)
-        report = dataclasses.replace(report, output=str(save(model, destination, external_data=external_data)))
+        model, record = run_pipeline(model, options)
+        report = record.rewrite
+        if spec is None and not report.rewritten:  # nothing to do is an error (pruning needs no site)
+            found = record.lowered if sparse_mode else (report.kept or _has_edgeattn_nodes(model))
+            if not found:
+                _no_sites(source, opset, report)
+        output = str(save(model, destination, external_data=external_data))
+    if spec is not None:
+        _print_pruned(destination, report, record.pruning, spec, target, output, as_json)
+    elif sparse_mode:
+        _print_sparse(destination, record, target, output, as_json)
+    else:
+        _print_rewritten(destination, report, target, output, as_json)
+
+
+def _has_edgeattn_nodes(model: Any) -> bool:
+    from edgeattn.graphs.lower import edgeattn_nodes
+
+    return any(True for _ in edgeattn_nodes(model))
+
+
+def _print_rewritten(destination: Path, report: Any, target: str, output: str, as_json: bool) -> None:
+    import dataclasses
+
+    report = dataclasses.replace(report, output=output)
     if as_json:
         emit_json(report.to_json())
         return
@@ -102,22 +123,10 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
         click.echo(f"  refused {item.node} ({item.op_type}): {item.reasons[0]}")
 
 
-def _rewrite_sparse(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
-                    sparse: tuple[str, ...], lowering: str, component: str | None, as_json: bool) -> None:
-    from edgeattn.graphs import load, save
-    from edgeattn.graphs.sparse.api import sparsify
-    from edgeattn.graphs.sparse.flags import parse_sparse_flag
+def _print_sparse(destination: Path, record: Any, target: str, output: str, as_json: bool) -> None:
+    from edgeattn.graphs.sparse.api import SparseReport
 
-    for flag in sparse:  # flag errors before the model is read
-        parse_sparse_flag(flag)
-    with progress(f"rewriting {source.name}", enabled=not as_json):
-        model = load(source)
-        opset = model.opset_imports.get("", 0)
-        model, report = sparsify(model, sparse, recipe, target=target, lowering=lowering,  # type: ignore[arg-type]
-                                 component=component or source.stem)
-        if not report.rewrite.rewritten and not report.lowered:
-            _no_sites(source, opset, report.rewrite)
-        output = str(save(model, destination, external_data=external_data))
+    report = SparseReport(record.rewrite, record.causal_sites, record.lowered, record.seconds)
     if as_json:
         emit_json({**report.to_json(), "output": output})
         return
@@ -131,6 +140,16 @@ def _rewrite_sparse(source: Path, destination: Path, recipe: Path | None, target
         click.echo(f"  {count} x {op}: {kind}" + (f" ({reason})" if reason else ""))
     for item in report.rewrite.refused:
         click.echo(f"  refused {item.node} ({item.op_type}): {item.reasons[0]}")
+
+
+def _print_pruned(destination: Path, report: Any, pruned: Any, spec: Any, target: str, output: str,
+                  as_json: bool) -> None:
+    if as_json:
+        emit_json({**report.to_json(), "output": output, "pruning": pruned.to_json()})
+        return
+    layer = f" at attention layer {pruned.layer}" if pruned.layer is not None else ""
+    click.echo(f"{destination}: {len(report.rewritten)} sites rewritten for {target}; {spec.method} keeps "
+               f"{pruned.k} of {pruned.tokens} tokens{layer}; outputs {pruned.output} and kept_indices")
 
 
 _ALWAYS_SHOWN = ("causal", "layout", "block_size", "keep", "window", "sinks")
@@ -147,7 +166,7 @@ def _print_lowered(lowered: list[dict[str, Any]]) -> None:
     """Sites replaced by an onnxruntime lowering: op, lowering and the parameters that differ from defaults."""
     if not lowered:
         return
-    from edgeattn.plugins.registry import default_registry
+    from edgeattn.ops.registry import default_registry
 
     registry = default_registry()
     click.echo(f"{len(lowered)} sites lowered for onnxruntime:")
@@ -156,29 +175,6 @@ def _print_lowered(lowered: list[dict[str, Any]]) -> None:
         shown = {k: v for k, v in site["attributes"].items() if k in _ALWAYS_SHOWN or _differs(defaults, k, v)}
         layer = "-" if site.get("layer") is None else site["layer"]
         click.echo(f"  layer {layer} {site['site']}: {site['op']} -> {site['lowering']} {shown}")
-
-
-def _rewrite_and_prune(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
-                       prune: str, sparse: bool, component: str | None, as_json: bool) -> None:
-    """The attention rewrite, then the pruning pass (edgeattn.graphs.pruning) on the vision graph."""
-    from edgeattn.errors import PruningError
-    from edgeattn.graphs import load, rewrite as rewrite_model, save
-    from edgeattn.graphs.pruning import parse_prune
-    from edgeattn.graphs.pruning import prune as prune_model
-
-    spec = parse_prune(prune)  # spec errors before the model is read
-    if sparse:
-        raise PruningError("--prune and --sparse are separate passes; rewrite with --sparse, then prune its output")
-    with progress(f"rewriting and pruning {source.name}", enabled=not as_json):
-        model, report = rewrite_model(load(source), recipe, target, component=component or source.stem)  # type: ignore[arg-type]
-        model, pruned = prune_model(model, spec, target, where=source.name)  # type: ignore[arg-type]
-        output = str(save(model, destination, external_data=external_data))
-    if as_json:
-        emit_json({**report.to_json(), "output": output, "pruning": pruned.to_json()})
-        return
-    layer = f" at attention layer {pruned.layer}" if pruned.layer is not None else ""
-    click.echo(f"{destination}: {len(report.rewritten)} sites rewritten for {target}; {spec.method} keeps "
-               f"{pruned.k} of {pruned.tokens} tokens{layer}; outputs {pruned.output} and kept_indices")
 
 
 def _print_pruning(rows: list[dict[str, Any]]) -> None:
@@ -203,7 +199,7 @@ def _no_sites(source: Path, opset: int, report: Any) -> None:
 @json_option
 def ops(as_json: bool) -> None:
     """List the registered edgeattn ops and their attributes."""
-    from edgeattn.plugins.registry import default_registry
+    from edgeattn.ops.registry import default_registry
 
     registry = default_registry()
     if as_json:

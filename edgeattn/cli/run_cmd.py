@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from edgeattn.cli.common import emit_json, json_option
+from edgeattn.errors import EdgeAttnError
 
 
 @click.command(short_help="Run an exported folder with onnxruntime.")
@@ -27,8 +28,18 @@ def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens
     """
     from edgeattn.exporter.manifest import read_manifest
 
+    for prompt in prompts:
+        _check_text(prompt)
+    if threads is not None and threads > MAX_THREADS:
+        raise EdgeAttnError(f"--threads must be from 1 to {MAX_THREADS} (got {threads})")
     manifest = read_manifest(folder)
     family = manifest["family"]
+    if family not in ("decoder", "vlm") and image_tokens is not None:
+        raise EdgeAttnError(f"--image-tokens sets a VLM's visual-token budget; this folder holds a {family} model")
+    if family == "encoder" and image is not None:
+        raise EdgeAttnError("--image needs a VLM or a vision encoder; this folder holds a text encoder")
+    if family not in ("decoder", "vlm", "encoder") and prompts:
+        raise EdgeAttnError(f"--prompt needs a language model or a text encoder; this folder holds a {family} model")
     if family in ("decoder", "vlm"):
         result = _generate(Path(folder), manifest, prompts, image, max_new_tokens, threads, image_tokens)
     elif family == "encoder":
@@ -41,35 +52,59 @@ def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens
         _print(result)
 
 
-def _tokenizer(folder: Path, manifest: dict[str, Any]) -> Any:
-    from edgeattn.errors import EdgeAttnError
+# onnxruntime makes one thread per count: more than this many is a typo, not a machine.
+MAX_THREADS = 1024
 
+
+def _check_text(prompt: str) -> None:
+    """A prompt click decoded from bytes that were not UTF-8 carries lone surrogates (U+DC80..U+DCFF on Linux)."""
+    for index, char in enumerate(prompt):
+        if "\ud800" <= char <= "\udfff":
+            raise EdgeAttnError(f"--prompt is not valid UTF-8 text (an undecodable byte at character {index}); "
+                                "pass the prompt as UTF-8")
+
+
+def _tokenizer(folder: Path, manifest: dict[str, Any]) -> Any:
     if not manifest.get("tokenizer"):
         raise EdgeAttnError(f"{folder} has no tokenizer folder; re-export a model that ships one")
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(folder / manifest["tokenizer"])
+    path = folder / manifest["tokenizer"]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except MemoryError:
+        raise EdgeAttnError(f"not enough memory to load the tokenizer in {path}") from None
+    except Exception as err:  # noqa: BLE001 - tokenizer files that transformers or tokenizers reject
+        raise EdgeAttnError(f"cannot load the tokenizer in {path} ({type(err).__name__}); re-export the folder") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, image_tokens=None) -> dict[str, Any]:
-    from edgeattn.errors import EdgeAttnError
-    from edgeattn.runtime.generate import DecoderRunner
+    from edgeattn.runtime.generate import DecoderRunner, check_generation_length, check_max_new_tokens, position_limit
     from edgeattn.runtime.images import load_image, pixel_values
 
     if len(prompts) != 1:
         raise EdgeAttnError(f"give exactly one --prompt to generate from (got {len(prompts)})")
+    check_max_new_tokens(max_new_tokens)
+    if image is not None and manifest["family"] != "vlm":
+        raise EdgeAttnError("--image needs a VLM export; this folder holds a text-only decoder")
+    if image_tokens is not None:
+        if image is None:
+            raise EdgeAttnError("--image-tokens needs --image")
+        _check_image_tokens(manifest, image_tokens)
     tokenizer = _tokenizer(folder, manifest)
-    runner = DecoderRunner(folder, manifest, threads=threads)
-    ids = list(tokenizer(prompts[0])["input_ids"])
+    ids = list(tokenizer(prompts[0], verbose=False)["input_ids"])
     pixels = None
     if image is not None:
-        if manifest["family"] != "vlm":
-            raise EdgeAttnError("--image needs a VLM export; this folder holds a text-only decoder")
         pixels = pixel_values(load_image(image), manifest["vision"])
         count = image_tokens if image_tokens is not None else manifest["image_token_count"]
         ids = [manifest["image_token_id"]] * count + ids
-    elif image_tokens is not None:
-        raise EdgeAttnError("--image-tokens needs --image")
+    check_generation_length(len(ids), max_new_tokens, position_limit(manifest, "decoder", tokenizer))
+    runner = DecoderRunner(folder, manifest, threads=threads)
     gen = runner.generate(ids, max_new_tokens, pixels, num_tokens=image_tokens)
     return {
         "tokens": gen.tokens,
@@ -81,6 +116,17 @@ def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, i
     }
 
 
+def _check_image_tokens(manifest: dict[str, Any], image_tokens: int) -> None:
+    """--image-tokens: a run-time budget, from 1 to the tokens the image gives before pruning."""
+    pruning = manifest.get("pruning") or {}
+    if not pruning.get("dynamic_k"):
+        raise EdgeAttnError("this export has a fixed image-token budget; --image-tokens needs one exported with "
+                            "--prune METHOD:K,dynamic=1")
+    limit = pruning.get("tokens_before")
+    if image_tokens < 1 or (isinstance(limit, int) and image_tokens > limit):
+        raise EdgeAttnError(f"the image-token budget must be from 1 to {limit} (got {image_tokens})")
+
+
 def _embed(folder: Path, manifest, prompts) -> dict[str, Any]:
     from edgeattn.runtime.encode import encode_texts
 
@@ -89,7 +135,6 @@ def _embed(folder: Path, manifest, prompts) -> dict[str, Any]:
 
 
 def _vision(folder: Path, manifest, image) -> dict[str, Any]:
-    from edgeattn.errors import EdgeAttnError
     from edgeattn.runtime.encode import encode_image
     from edgeattn.runtime.images import load_image, pixel_values
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from edgeattn.exporter import wrappers
-from edgeattn.exporter.sources import LoadedModel
+from edgeattn.exporter.loaded import LoadedModel
 
 Case = dict[str, int]
 

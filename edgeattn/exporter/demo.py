@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from edgeattn.errors import ModelSourceError
-from edgeattn.exporter.sources import LoadedModel
+from edgeattn.exporter.loaded import LoadedModel, record_position_limit
 
 SEED = 0
 # Byte-level vocabulary: 256 bytes, then the special tokens.
@@ -70,7 +70,9 @@ def _tiny_llama() -> LoadedModel:
 
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(_tiny_llama_config()).eval()
-    return LoadedModel("demo:tiny-llama", "decoder", model, model.config, tokenizer=byte_tokenizer())
+    tokenizer = byte_tokenizer()
+    record_position_limit(tokenizer, model.config)  # 1024 positions: `run` refuses a longer prompt
+    return LoadedModel("demo:tiny-llama", "decoder", model, model.config, tokenizer=tokenizer)
 
 
 def _tiny_vit() -> LoadedModel:
@@ -105,7 +107,9 @@ def _tiny_llava() -> LoadedModel:
     )
     model = LlavaForConditionalGeneration(cfg).eval()
     pre = {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-    return LoadedModel("demo:tiny-llava", "vlm", model, model.config, tokenizer=byte_tokenizer(), image_preprocess=pre)
+    tokenizer = byte_tokenizer()
+    record_position_limit(tokenizer, model.config)
+    return LoadedModel("demo:tiny-llava", "vlm", model, model.config, tokenizer=tokenizer, image_preprocess=pre)
 
 
 TIMING_ONLY = ("untrained projector: the real DINOv2 and SmolLM2 weights make the timing real, but the projector is "
@@ -152,6 +156,7 @@ def _dinov2_smollm2() -> LoadedModel:
             model.lm_head.weight.copy_(torch.cat([head, head.mean(0, keepdim=True)]))
     assert model.model.language_model.embed_tokens.weight.shape[0] == old_vocab + 1
     pre = {"image_size": 336, "mean": vision.image_preprocess["mean"], "std": vision.image_preprocess["std"]}
+    record_position_limit(tokenizer, model.config)
     return LoadedModel("demo:dinov2-smollm2", "vlm", model, model.config, tokenizer=tokenizer, image_preprocess=pre,
                        note=TIMING_ONLY)
 

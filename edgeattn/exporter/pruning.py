@@ -24,7 +24,7 @@ from edgeattn.graphs.pruning import PruneReport, PruneSpec, prune
 def prune_vision(component: Component, stage: Path, spec: PruneSpec, validate: bool = True,
                  seed: int = 2) -> tuple[dict[str, Any], dict[str, Any]]:
     """Prune `stage/vision.onnx` in place; returns (the manifest's pruning record, the check record)."""
-    from edgeattn.runtime.session import session_from_onnx
+    from edgeattn.graphs.session import session_from_onnx
 
     path = stage / component.file
     dense = session_from_onnx(path)

@@ -8,44 +8,28 @@ A MODEL is one of:
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgeattn.errors import ModelSourceError
+from edgeattn.exporter.demo import load_demo
+from edgeattn.exporter.folder_checks import (
+    MAX_TOKENIZER_BYTES,
+    SUB_CONFIGS,
+    _first_line,
+    _json_kind,
+    _short,
+    check_config_sizes,
+    check_weights,
+    read_config,
+    read_json_file,
+)
+from edgeattn.exporter.loaded import LoadedModel, family_of, record_position_limit
+from edgeattn.exporter.zoo import load_zoo
 
-# Family -> the architectures (config.model_type) edgeattn exports for it.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "decoder": ("llama", "qwen2", "mistral"),
-    "encoder": ("bert", "roberta"),
-    "vision": ("clip_vision_model", "siglip_vision_model", "dinov2", "vit"),
-    "vlm": ("llava",),
-}
-
-
-def family_of(model_type: str) -> str:
-    for family, types in FAMILIES.items():
-        if model_type in types:
-            return family
-    supported = "; ".join(f"{f}: {', '.join(t)}" for f, t in FAMILIES.items())
-    raise ModelSourceError(f"unsupported architecture {model_type!r}; supported families are {supported}")
-
-
-@dataclass
-class LoadedModel:
-    """A torch model ready for export, with what the exported folder needs besides the graphs."""
-
-    name: str  # what the user typed, e.g. "zoo:smollm2-135m"
-    family: str  # a key of FAMILIES
-    model: Any  # torch.nn.Module in eval mode, float32
-    config: Any  # transformers.PretrainedConfig
-    tokenizer: Any | None = None  # a transformers tokenizer, saved into the export folder
-    # Vision preprocessing: {"image_size": int, "mean": [3 floats], "std": [3 floats]}.
-    image_preprocess: dict[str, Any] | None = None
-    note: str = ""  # shown by `export` (e.g. "untrained projector: for timing, not answers")
-    extra: dict[str, Any] = field(default_factory=dict)
-
+# MODEL prefixes and the loader each names (a local folder is everything else).
+SOURCES: dict[str, Callable[[str], LoadedModel]] = {"demo:": load_demo, "zoo:": load_zoo}
 
 def load_model(spec: str) -> LoadedModel:
     """Load a MODEL argument. Raises ModelSourceError with one actionable line on bad input."""
@@ -59,31 +43,10 @@ def load_model(spec: str) -> LoadedModel:
 
 
 def _load(spec: str) -> LoadedModel:
-    if spec.startswith("demo:"):
-        from edgeattn.exporter.demo import load_demo
-
-        return load_demo(spec[len("demo:") :])
-    if spec.startswith("zoo:"):
-        from edgeattn.exporter.zoo import load_zoo
-
-        return load_zoo(spec[len("zoo:") :])
+    for prefix, loader in SOURCES.items():
+        if spec.startswith(prefix):
+            return loader(spec[len(prefix):])
     return load_folder(Path(spec))
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    if not folder.exists():
-        raise ModelSourceError(
-            f"model path {str(folder)!r} does not exist; give a Hugging Face folder, demo:NAME or zoo:NAME"
-        )
-    if not folder.is_dir():
-        raise ModelSourceError(f"model path {str(folder)!r} is a file; give the folder that holds config.json")
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        raise ModelSourceError(f"{str(folder)!r} has no config.json; is it a Hugging Face model folder?")
-    try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelSourceError(f"{cfg} is not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
 def load_folder(folder: Path) -> LoadedModel:
@@ -97,19 +60,57 @@ def load_folder(folder: Path) -> LoadedModel:
                 "(pickle can run code); convert them to safetensors first"
             )
         raise ModelSourceError(f"{str(folder)!r} has no *.safetensors weights")
-    model_type = raw.get("model_type", "")
+    model_type = raw["model_type"]
     family = family_of(model_type)
+    if family == "vlm" and not all(isinstance(raw.get(sub), dict) for sub in SUB_CONFIGS):
+        raise ModelSourceError(f"{folder / 'config.json'}: a {model_type} config needs \"text_config\" and "
+                               "\"vision_config\" objects (without them transformers assumes a 7B model)")
+    elements = check_weights(folder)
     import transformers
+    from transformers.utils import logging as hf_logging
 
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - transformers' config validation: a bad value in config.json
+        raise ModelSourceError(f"{folder / 'config.json'} is not a valid {model_type} config "
+                               f"({_first_line(err)}); fix config.json") from None
+    wanted = check_config_sizes(config, folder / "config.json")
+    # float32 parameters the config asks for, against what the weights hold: a config that describes a far
+    # larger model than its weights would make transformers allocate (and randomly fill) the difference.
+    if wanted > 2 * elements + 2**24:
+        raise ModelSourceError(f"{folder / 'config.json'} describes at least {wanted:,} parameters but the weights "
+                               f"hold only {elements:,}; the config does not belong to these weights")
     classes = {
         "decoder": transformers.AutoModelForCausalLM,
         "encoder": transformers.AutoModel,
         "vision": transformers.AutoModel,
         "vlm": transformers.LlavaForConditionalGeneration,
     }
-    model = classes[family].from_pretrained(folder, use_safetensors=True, dtype="float32")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report would bury the one-line error
+    try:
+        model, info = classes[family].from_pretrained(
+            folder, config=config, use_safetensors=True, dtype="float32", local_files_only=True,
+            output_loading_info=True,
+        )
+    except MemoryError:
+        raise ModelSourceError(f"not enough memory to load {folder}") from None
+    except Exception as err:  # noqa: BLE001 - weights that do not fit the config, or a file transformers rejects
+        if "mismatched" in str(err) or "size mismatch" in str(err):
+            raise ModelSourceError(f"the weights in {folder} do not fit the sizes in its config.json (a tensor's shape "
+                                   "differs); check that config.json belongs to these weights") from None
+        raise ModelSourceError(f"transformers cannot load {folder} ({_first_line(err)}); check config.json and "
+                               "the weights") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    total = len(model.state_dict())
+    missing = len(info.get("missing_keys") or ())
+    if total and missing * 2 > total:
+        raise ModelSourceError(f"the weights in {folder} hold only {total - missing} of the {total} tensors a "
+                               f"{model_type} model needs; they belong to another architecture or are incomplete")
     model.eval()
     tokenizer = _maybe_tokenizer(folder)
+    record_position_limit(tokenizer, model.config)
     return LoadedModel(
         name=str(folder),
         family=family,
@@ -120,12 +121,40 @@ def load_folder(folder: Path) -> LoadedModel:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "spiece.model")
+
+
 def _maybe_tokenizer(folder: Path) -> Any | None:
     if not any((folder / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         return None
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if path.exists() and not path.is_file():
+            raise ModelSourceError(f"tokenizer file {path} is not a regular file; replace it or remove it")
+        if path.is_file() and path.stat().st_size > MAX_TOKENIZER_BYTES:
+            raise ModelSourceError(f"tokenizer file {path} is {path.stat().st_size} bytes, more than the "
+                                   f"{MAX_TOKENIZER_BYTES} any real tokenizer needs; replace it")
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+        if (folder / name).is_file():
+            data = read_json_file(folder / name, f"tokenizer file ({name})")
+            if not isinstance(data, dict):
+                raise ModelSourceError(f"{folder / name} holds a JSON {_json_kind(data)}, not an object; "
+                                       "fix or remove it")
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(folder)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except MemoryError:
+        raise ModelSourceError(f"not enough memory to load the tokenizer in {folder}") from None
+    except Exception as err:  # noqa: BLE001 - a tokenizer file that transformers or tokenizers rejects
+        raise ModelSourceError(f"cannot load the tokenizer in {folder} ({type(err).__name__}: {_first_line(err, 100)}); "
+                               "fix or re-download its tokenizer files") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _maybe_image_preprocess(folder: Path, config: Any, family: str) -> dict[str, Any] | None:
@@ -134,8 +163,23 @@ def _maybe_image_preprocess(folder: Path, config: Any, family: str) -> dict[str,
     vcfg = getattr(config, "vision_config", config)
     pre = {"image_size": int(vcfg.image_size), "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     proc = folder / "preprocessor_config.json"
-    if proc.is_file():
-        data = json.loads(proc.read_text())
-        pre["mean"] = list(data.get("image_mean", pre["mean"]))
-        pre["std"] = list(data.get("image_std", pre["std"]))
+    if proc.exists():
+        data = read_json_file(proc, "image preprocessor config (preprocessor_config.json)")
+        if not isinstance(data, dict):
+            raise ModelSourceError(f"{proc} holds a JSON {_json_kind(data)}, not an object; fix or remove it")
+        pre["mean"] = _channel_values(data.get("image_mean", pre["mean"]), proc, "image_mean", positive=False)
+        pre["std"] = _channel_values(data.get("image_std", pre["std"]), proc, "image_std", positive=True)
     return pre
+
+
+def _channel_values(value: Any, path: Path, key: str, positive: bool) -> list[float]:
+    """Three per-channel numbers (one number means the same for all three)."""
+    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    ok = isinstance(values, list) and len(values) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in values
+    )
+    if not ok:
+        need = "three positive numbers" if positive else "three finite numbers"
+        raise ModelSourceError(f"{path}: \"{key}\" must be {need} (one per RGB channel), got {_short(value)}")
+    return [float(v) for v in values]

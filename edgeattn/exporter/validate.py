@@ -66,7 +66,7 @@ def compare(name: str, got: np.ndarray, want: np.ndarray) -> OutputError:
 
 def validate_component(component: Component, onnx_path: Path, seed: int = 1) -> list[dict]:
     """Run every validation case in onnxruntime and PyTorch; raise ValidationError on the first miss."""
-    from edgeattn.runtime.session import session_from_onnx
+    from edgeattn.graphs.session import session_from_onnx
 
     session = session_from_onnx(onnx_path)
     gen = torch.Generator().manual_seed(seed)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeattn.errors import ModelSourceError
-from edgeattn.exporter.sources import LoadedModel
+from edgeattn.exporter.loaded import LoadedModel, record_position_limit
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ def _load_smollm2(name: str, gguf_path: Path) -> LoadedModel:
     _load_exactly(model, tensors, gguf_path.name)
     model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)
+    record_position_limit(tokenizer, model.config)  # the GGUF tokenizer declares no limit; the model has 8192
     return LoadedModel(
         name=f"zoo:{name}",
         family="decoder",

@@ -13,21 +13,24 @@ from __future__ import annotations
 from edgeattn.graphs.detect import find_sites
 from edgeattn.graphs.io import as_model, load, save
 from edgeattn.graphs.lower import lower
-from edgeattn.graphs.pipeline import rewrite, rewrite_file
+from edgeattn.graphs.passes import PipelineOptions, build_pipeline, rewrite, rewrite_file, run_pipeline
 from edgeattn.graphs.recipe import Recipe
 from edgeattn.graphs.report import RewriteReport, Site, SiteReport, Unmatched
 
 __all__ = [
+    "PipelineOptions",
     "Recipe",
     "RewriteReport",
     "Site",
     "SiteReport",
     "Unmatched",
     "as_model",
+    "build_pipeline",
     "find_sites",
     "load",
     "lower",
     "rewrite",
     "rewrite_file",
+    "run_pipeline",
     "save",
 ]

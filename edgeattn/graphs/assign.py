@@ -13,8 +13,8 @@ import onnx_ir as ir
 
 from edgeattn.errors import RecipeError
 from edgeattn.graphs.recipe import KEEP, Assignment
-from edgeattn.plugins.registry import Registry
-from edgeattn.plugins.spec import AttrSpec, OpSpec
+from edgeattn.ops.registry import Registry
+from edgeattn.ops.spec import AttrSpec, OpSpec
 
 _ATTENTION_INPUTS = 4
 _INPUT_TYPES = {"float": ir.DataType.FLOAT, "int": ir.DataType.INT64}

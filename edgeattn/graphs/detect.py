@@ -86,7 +86,7 @@ def find_sites(model: ir.Model, component: str | None = None) -> SiteReport:
 
 
 def detect(model: ir.Model, component: str | None = None) -> Detection:
-    from edgeattn.plugins.registry import default_registry
+    from edgeattn.ops.registry import default_registry
 
     attention_ops = {op.name for op in default_registry() if op.kind == "attention"}
     rules = [(rule, rule.to_rule()) for rule in attention_rules()]
@@ -153,7 +153,7 @@ def _site(match: Match, where: str, position: int) -> Site:
 def _existing_site(node: ir.Node, position: int, where: str) -> Site:
     attrs = node.attributes
     layer_text = node.metadata_props.get(LAYER_TAG)
-    q_heads, kv_heads = attrs.get_int("q_num_heads", 0), attrs.get_int("kv_num_heads", 0)
+    q_heads, kv_heads = _int_attr(attrs, "q_num_heads"), _int_attr(attrs, "kv_num_heads")
     query = node.inputs[0] if node.inputs else None
     last = query.shape[-1] if query is not None and query.shape is not None and len(query.shape) else None
     head_size = last if query is not None and len(query.shape or ()) == 4 else (
@@ -163,19 +163,35 @@ def _existing_site(node: ir.Node, position: int, where: str) -> Site:
         name=node.metadata_props.get(SITE_TAG) or node_label(node, position),
         dialect="edgeattn",
         rule=node.metadata_props.get(RULE_TAG, ""),
-        layer=int(layer_text) if layer_text and layer_text.isdigit() else None,
+        layer=int(layer_text) if layer_text and layer_text.isascii() and layer_text.isdigit() else None,
         num_heads=q_heads or None,
         kv_num_heads=kv_heads or None,
         head_size=head_size if isinstance(head_size, int) else None,
         mask="none" if mask is None else "bool" if mask.dtype == ir.DataType.BOOL else "additive",
-        causal=attrs.get_int("causal", 0),
-        scale=attrs.get_float("scale", 0.0) or None,
+        causal=_int_attr(attrs, "causal"),
+        scale=_float_attr(attrs, "scale") or None,
         layout="bhsd" if query is not None and query.shape is not None and len(query.shape) == 4 else "bs(hd)",
         graph=where,
         op=node.op_type,
         nodes=(node_label(node, position),),
         details={"node": node_label(node, position), "source_dialect": node.metadata_props.get(DIALECT_TAG)},
     )
+
+
+def _int_attr(attrs: Any, name: str) -> int:
+    """An INT attribute's value; 0 when it is missing, a reference or of another type (a file edgeattn
+    did not write may carry anything; inspect reports the node, `rewrite` refuses it when lowering)."""
+    attr = attrs.get(name)
+    if attr is None or attr.is_ref() or attr.type != ir.AttributeType.INT:
+        return 0
+    return int(attr.value)
+
+
+def _float_attr(attrs: Any, name: str) -> float:
+    attr = attrs.get(name)
+    if attr is None or attr.is_ref() or attr.type != ir.AttributeType.FLOAT:
+        return 0.0
+    return float(attr.value)
 
 
 def _edgeattn_node(node: ir.Node, position: int) -> EdgeAttnNode:

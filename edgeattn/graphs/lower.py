@@ -13,8 +13,8 @@ from typing import Iterator, Literal
 import onnx_ir as ir
 
 from edgeattn.errors import GraphError
-from edgeattn.plugins.registry import Registry
-from edgeattn.plugins.spec import CallFacts, InputFacts, OpSpec
+from edgeattn.ops.registry import Registry
+from edgeattn.ops.spec import CallFacts, InputFacts, OpSpec
 
 Target = Literal["ort", "trt"]
 TARGETS: tuple[str, ...] = ("ort", "trt")

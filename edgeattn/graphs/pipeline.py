@@ -1,4 +1,5 @@
-"""The rewrite pipeline: find sites -> choose ops (recipe) -> rewrite -> assign ops -> lower for a target.
+"""The rewrite step: find sites -> choose ops (recipe) -> rewrite -> assign ops (`rewrite_sites`), and
+`rewrite`, the pipeline (`edgeattn.graphs.passes`) with that step only, lowered for a target.
 
     model, report = rewrite("decoder.onnx", recipe="recipe.toml", target="ort", component="decoder")
     save(model, "out/decoder.onnx")
@@ -18,14 +19,14 @@ from edgeattn.errors import GraphError
 from edgeattn.graphs.apply import apply_match
 from edgeattn.graphs.assign import assign_op
 from edgeattn.graphs.detect import detect
-from edgeattn.graphs.io import MAX_IR_VERSION, MIN_IR_VERSION, ModelLike, as_model, save
-from edgeattn.graphs.lower import TARGETS, Target, lower
+from edgeattn.graphs.io import MAX_IR_VERSION, MIN_IR_VERSION
+from edgeattn.graphs.lower import TARGETS, Target
 from edgeattn.graphs.recipe import KEEP, Recipe
 from edgeattn.graphs.report import Rewritten, RewriteReport
 from edgeattn.graphs.shapes import ensure_shapes
-from edgeattn.plugins.registry import Registry, default_registry
+from edgeattn.ops.registry import Registry
+from edgeattn.ops.spec import MIN_REWRITE_OPSET
 
-MIN_OPSET = 13
 RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike | None
 
 
@@ -39,22 +40,14 @@ def as_recipe(recipe: RecipeLike, registry: Registry) -> Recipe:
     return Recipe.load(recipe, registry)
 
 
-def rewrite(
-    model: ModelLike,
-    recipe: RecipeLike = None,
-    target: Target = "ort",
-    *,
-    component: str | None = None,
-    registry: Registry | None = None,
-) -> tuple[ir.Model, RewriteReport]:
-    """Rewrite every attention site of `model` into edgeattn ops; returns the model and what was done."""
+def rewrite_sites(model: ir.Model, recipe: Recipe, component: str | None, registry: Registry,
+                  target: Target = "ort") -> RewriteReport:
+    """Detect the attention sites of `model` and replace each by the op the recipe chooses (no lowering:
+    that is the last step of the pipeline). `target` is recorded in the report."""
     started = time.perf_counter()
     if target not in TARGETS:
         raise GraphError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    registry = registry or default_registry()
-    recipe = as_recipe(recipe, registry)
-    model = as_model(model)
-    _check_opset(model)
+    check_opset(model)
     ensure_shapes(model)
     detection = detect(model, component)
     assignments = recipe.assign(detection.report.sites, component)
@@ -72,41 +65,25 @@ def rewrite(
         node = apply_match(model, detection.matches[site.name], site)
         assign_op(model.graph, node, chosen, registry)
         rewritten.append(Rewritten(site.name, site.layer, site.dialect, site.rule, node.op_type, node.name or ""))
-    lower(model, target, registry)
-    _declare_used_domains(model)
-    # Overloads and node metadata need IR 10; onnxruntime 1.31 reads at most IR 13.
-    model.ir_version = min(max(model.ir_version, MIN_IR_VERSION), MAX_IR_VERSION)
     refused = tuple(item for item in detection.report.unmatched if item.attention)
-    report = RewriteReport(tuple(rewritten), tuple(kept), refused, target, component, time.perf_counter() - started)
-    return model, report
+    return RewriteReport(tuple(rewritten), tuple(kept), refused, target, component, time.perf_counter() - started)
 
 
-def rewrite_file(
-    source: str | os.PathLike,
-    destination: str | os.PathLike,
-    recipe: RecipeLike = None,
-    target: Target = "ort",
-    *,
-    component: str | None = None,
-    external_data: bool | None = None,
-    registry: Registry | None = None,
-) -> RewriteReport:
-    """Read, rewrite and atomically write one ONNX file; the component defaults to the file's stem."""
-    component = component if component is not None else os.path.splitext(os.path.basename(source))[0]
-    model, report = rewrite(source, recipe, target, component=component, registry=registry)
-    path = save(model, destination, external_data=external_data)
-    return RewriteReport(report.rewritten, report.kept, report.refused, report.target, report.component,
-                         report.seconds, str(path))
+def finish_for_runtime(model: ir.Model) -> None:
+    """Import every domain a node uses and set an IR version onnxruntime and TensorRT read: node
+    overloads and metadata need IR 10; onnxruntime 1.31 reads at most IR 13."""
+    declare_used_domains(model)
+    model.ir_version = min(max(model.ir_version, MIN_IR_VERSION), MAX_IR_VERSION)
 
 
-def _check_opset(model: ir.Model) -> None:
+def check_opset(model: ir.Model) -> None:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if opset is None or opset < MIN_OPSET:
-        raise GraphError(f"the model imports ONNX opset {opset}; edgeattn rewrites opset {MIN_OPSET} and later; "
+    if opset is None or opset < MIN_REWRITE_OPSET:
+        raise GraphError(f"the model imports ONNX opset {opset}; edgeattn rewrites opset {MIN_REWRITE_OPSET} and later; "
                          "convert it with onnx.version_converter.convert_version(model, 17)")
 
 
-def _declare_used_domains(model: ir.Model) -> None:
+def declare_used_domains(model: ir.Model) -> None:
     """Import every domain a node uses (onnxruntime's optimizer writes com.microsoft nodes without one,
     which the ONNX checker rejects)."""
     for graph in model.graphs():

@@ -67,7 +67,7 @@ def _explain(rule: AttentionRule, tracer: Any, node: ir.Node, anchor: ir.Node) -
 
 def _value_matmuls(softmax: ir.Node) -> Iterator[ir.Node]:
     """MatMul nodes that take the Softmax output (through casts, a NaN guard, dropout) as first input."""
-    frontier, seen = [softmax.outputs[0]], set()
+    frontier, seen = list(softmax.outputs[:1]), set()  # a file may hold a Softmax without outputs
     for _ in range(5):
         following = []
         for value in frontier:
@@ -96,9 +96,21 @@ def _other_uses(nodes: Any, anchor: ir.Node) -> str:
     return "nodes inside the attention have other uses"
 
 
+def _scores_input(node: ir.Node) -> ir.Value | None:
+    """The input of a scale/mask/cast node that carries the scores: the computed one of its operands
+    (not a constant, an initializer or a graph input such as the mask), else the first."""
+    if node.op_type == "Where":
+        candidates = list(node.inputs[1:3])
+    else:
+        candidates = list(node.inputs[:2] if node.op_type in ("Mul", "Div", "Add", "Sub") else node.inputs[:1])
+    computed = [v for v in candidates if v is not None and v.producer() is not None
+                and v.producer().op_type != "Constant"]
+    return computed[0] if computed else next((v for v in candidates if v is not None), None)
+
+
 def _score_chain(softmax: ir.Node) -> str:
     """Describe the ops between the scores MatMul and the Softmax when they are not a scale/mask/cast chain."""
-    ops, value = [], softmax.inputs[0]
+    ops, value = [], softmax.inputs[0] if softmax.inputs else None
     for _ in range(6):
         producer = value.producer() if value is not None else None
         if producer is None:
@@ -106,7 +118,7 @@ def _score_chain(softmax: ir.Node) -> str:
         if producer.op_type == "MatMul":
             break
         ops.append(producer.op_type)
-        value = producer.inputs[0] if producer.op_type != "Where" else producer.inputs[1]
+        value = _scores_input(producer)
     unexpected = [op for op in ops if op not in _SCORE_CHAIN]
     if unexpected:
         return f"between the Q·Kᵀ MatMul and the Softmax there is {', '.join(unexpected)}, not a scale/mask/cast chain"

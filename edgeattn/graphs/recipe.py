@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgeattn.errors import RecipeError
-from edgeattn.graphs.ranges import MAX_LAYERS, check_indices, parse_index_ranges
+from edgeattn.ranges import MAX_LAYERS, check_indices, parse_index_ranges
 from edgeattn.graphs.report import Site
-from edgeattn.plugins.registry import Registry, default_registry
+from edgeattn.ops.registry import Registry, default_registry
 
 KEEP = "keep"
 SELECTOR_KEYS = ("component", "layers", "name")

@@ -60,15 +60,34 @@ def ensure_shapes(model: ir.Model) -> bool:
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        inferred = _symbolic_shapes(proto)
+        if inferred is not None:
+            return inferred
     except Exception:  # it raises bare Exceptions on ops it does not know; fall back to ONNX's inference
         pass
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         return None
+
+
+def _symbolic_shapes(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnxruntime's `SymbolicShapeInference.infer_shapes` (auto_merge on), without its side effect: when
+    inference is incomplete it saves `sym_shape_infer_temp.onnx` into the current directory, then
+    raises. Here an incomplete inference is None (ONNX's inference is tried instead) and nothing is
+    written."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+    opset = get_opset(proto)
+    if not opset or opset < 7:
+        return None
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+    complete = False
+    inference._preprocess(proto)
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_ if complete else None
 
 
 @contextlib.contextmanager

@@ -7,7 +7,9 @@ static shape information, without touching the graph.
 
 from __future__ import annotations
 
-from typing import Callable
+import contextvars
+import functools
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -15,6 +17,27 @@ import onnx_ir as ir
 Dim = int | str | None
 _MAX_DEPTH = 24
 _MAX_ELEMENTS = 64  # only small tensors are evaluated: scales, shapes, axes
+# Results of static_array / shape_vector during one outermost call: a value read by several nodes
+# (x + x + x ...) is evaluated once, so the work is linear in the graph, not exponential in the depth.
+_MEMO: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("edgeattn_values_memo", default=None)
+
+
+def _memoized(fn: Callable[[Any, int], Any]) -> Callable[[Any, int], Any]:
+    @functools.wraps(fn)
+    def wrapper(value: Any, depth: int) -> Any:
+        memo = _MEMO.get()
+        token = _MEMO.set({}) if memo is None else None
+        try:
+            table = _MEMO.get()
+            key = (fn.__name__, value, depth)
+            if key not in table:  # type: ignore[operator]
+                table[key] = fn(value, depth)  # type: ignore[index]
+            return table[key]  # type: ignore[index]
+        finally:
+            if token is not None:
+                _MEMO.reset(token)
+
+    return wrapper
 
 
 def dims(value: ir.Value | None) -> list[Dim] | None:
@@ -50,9 +73,17 @@ def same_dim(a: Dim, b: Dim) -> bool:
 
 def static_array(value: ir.Value | None, depth: int = _MAX_DEPTH) -> np.ndarray | None:
     """The value's contents when they follow from constants and static dims, else None."""
+    return _static_array(value, depth)
+
+
+@_memoized
+def _static_array(value: ir.Value | None, depth: int) -> np.ndarray | None:
     if value is None or depth <= 0:
         return None
-    tensor = ir.convenience.get_const_tensor(value)
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except (TypeError, ValueError):  # a Constant whose `value` is not a tensor (a file may say anything)
+        return None
     if tensor is not None:
         if tensor.size > _MAX_ELEMENTS:
             return None
@@ -106,13 +137,26 @@ def _elementwise(fn: Callable[..., np.ndarray]) -> Callable[[ir.Node, int], np.n
     return evaluate
 
 
+def _int_attr(node: ir.Node, name: str, default: int) -> int | None:
+    """An INT attribute, `default` when absent, None when it is a reference or of another type."""
+    attr = node.attributes.get(name)
+    if attr is None:
+        return default
+    return None if attr.is_ref() or attr.type != ir.AttributeType.INT else int(attr.value)
+
+
+def _shape_slice(node: ir.Node, shape: list[Dim]) -> list[Dim] | None:
+    start, end = _int_attr(node, "start", 0), _int_attr(node, "end", len(shape))
+    return None if start is None or end is None else shape[slice(start, end)]
+
+
 def _shape(node: ir.Node, depth: int) -> np.ndarray | None:
-    shape = dims(node.inputs[0])
+    shape = dims(node.inputs[0]) if node.inputs else None
     if shape is None:
         return None
-    start = node.attributes.get_int("start", 0)
-    end = node.attributes.get_int("end", len(shape))
-    selected = shape[slice(start, end)]
+    selected = _shape_slice(node, shape)
+    if selected is None:
+        return None
     if any(not isinstance(d, int) for d in selected):
         return None  # Gather/Slice of this Shape can still pick its static entries (_shape_entries)
     return np.array(selected, np.int64)
@@ -123,19 +167,23 @@ def shape_vector(value: ir.Value | None, depth: int = 8) -> list[Dim] | None:
 
     Follows what exporters build shape tensors from: constants, Shape, Slice, Gather, Concat, Cast,
     Unsqueeze/Squeeze/Reshape of such vectors. None when an entry cannot be known, even symbolically."""
+    entries = _shape_vector(value, depth)
+    return None if entries is None else list(entries)
+
+
+@_memoized
+def _shape_vector(value: ir.Value | None, depth: int) -> list[Dim] | None:
     if value is None or depth <= 0:
         return None
     array = static_array(value)
     if array is not None and np.issubdtype(array.dtype, np.integer) and array.ndim <= 1:
         return [int(x) for x in array.reshape(-1)]
     node = value.producer()
-    if node is None or node.domain not in ("", "ai.onnx"):
+    if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
         return None
     if node.op_type == "Shape":
         shape = dims(node.inputs[0])
-        if shape is None:
-            return None
-        return shape[slice(node.attributes.get_int("start", 0), node.attributes.get_int("end", len(shape)))]
+        return None if shape is None else _shape_slice(node, shape)
     if node.op_type in ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity"):
         return shape_vector(node.inputs[0], depth - 1)
     if node.op_type == "Concat":
@@ -150,14 +198,16 @@ def _pick(node: ir.Node, entries: list[Dim] | None) -> list[Dim] | None:
     if entries is None:
         return None
     if node.op_type == "Gather":
-        indices = static_ints(node.inputs[1])
-        return None if indices is None else [entries[i] for i in indices]
+        indices = static_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+        if indices is None or any(not -len(entries) <= i < len(entries) for i in indices):
+            return None
+        return [entries[i] for i in indices]
     bounds = [static_ints(v) for v in node.inputs[1:]]
     if len(bounds) < 2 or any(b is None for b in bounds):
         return None
     starts, ends = bounds[0], bounds[1]
     steps = bounds[3] if len(bounds) > 3 else [1]
-    if len(starts) != 1 or len(ends) != 1:  # type: ignore[arg-type]
+    if len(starts) != 1 or len(ends) != 1 or len(steps) != 1 or steps[0] == 0:  # type: ignore[arg-type]
         return None
     return entries[slice(starts[0], ends[0], steps[0])]  # type: ignore[index]
 

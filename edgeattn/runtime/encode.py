@@ -9,15 +9,33 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.runtime.session import session_from_onnx
+from edgeattn.graphs.session import session_from_onnx
+
+
+# One run embeds a padded batch: attention memory grows with rows x length^2, so both are bounded.
+MAX_TEXTS = 256
+MAX_BATCH_TOKENS = 1 << 16
 
 
 def encode_texts(folder: Path, manifest: dict[str, Any], tokenizer: Any, texts: list[str]) -> dict[str, Any]:
     """Sentence embeddings [len(texts), D] of a text encoder, with the wall time of the call."""
+    from edgeattn.runtime.generate import position_limit
+
     if not texts:
         raise EdgeAttnError("give at least one --prompt to embed")
+    if len(texts) > MAX_TEXTS:
+        raise EdgeAttnError(f"give at most {MAX_TEXTS} --prompt texts per run (got {len(texts)}); split them")
+    batch = tokenizer(texts, padding=True, return_tensors="np", verbose=False)
+    rows, longest = batch["input_ids"].shape
+    if longest < 1:
+        raise EdgeAttnError("the prompts are empty (0 tokens); give a --prompt with some text")
+    limit = position_limit(manifest, "encoder", tokenizer)
+    if limit is not None and longest > limit:
+        raise EdgeAttnError(f"a prompt is {longest} tokens, more than the encoder's {limit} positions; shorten it")
+    if rows * longest > MAX_BATCH_TOKENS:
+        raise EdgeAttnError(f"the prompts make a batch of {rows} x {longest} tokens, more than {MAX_BATCH_TOKENS} "
+                            "in one run; embed fewer or shorter texts at a time")
     session = session_from_onnx(folder / manifest["components"]["encoder"]["file"])
-    batch = tokenizer(texts, padding=True, return_tensors="np")
     feeds = {
         "input_ids": batch["input_ids"].astype(np.int64),
         "attention_mask": batch["attention_mask"].astype(np.int64),

@@ -10,7 +10,45 @@ from typing import Any
 import numpy as np
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.runtime.session import session_from_onnx
+from edgeattn.graphs.session import session_from_onnx
+
+
+# --max-new-tokens is bounded even where the model's position count is unknown: a million tokens is
+# beyond any edge model's context, and a larger value can only be a typo.
+MAX_NEW_TOKENS = 1 << 20
+# transformers writes 1e30 as model_max_length when a tokenizer declares no limit; anything this large
+# is no limit either.
+NO_LIMIT = 10**9
+
+
+def position_limit(manifest: dict[str, Any], section: str, tokenizer: Any = None) -> int | None:
+    """How many positions the model in an exported folder has, where known: the manifest's record for the
+    component (``section``: "decoder" or "encoder"), else the tokenizer's ``model_max_length``."""
+    info = manifest.get(section)
+    for key in ("max_position_embeddings", "max_positions"):
+        value = info.get(key) if isinstance(info, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < NO_LIMIT:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < NO_LIMIT:
+        return value
+    return None
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 1 or max_new_tokens > MAX_NEW_TOKENS:
+        raise EdgeAttnError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS} (got {max_new_tokens})")
+
+
+def check_generation_length(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
+    """Refuse a prompt that is empty or, with the tokens to generate, longer than the model's positions."""
+    if prompt_tokens < 1:
+        raise EdgeAttnError("the prompt is empty (0 tokens); give a --prompt with some text")
+    if limit is not None and prompt_tokens + max_new_tokens > limit:
+        raise EdgeAttnError(
+            f"the prompt ({prompt_tokens} tokens) plus --max-new-tokens ({max_new_tokens}) exceeds the model's "
+            f"{limit} positions; shorten the prompt or lower --max-new-tokens"
+        )
 
 
 @dataclass
@@ -85,8 +123,8 @@ class DecoderRunner:
         self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None,
         num_tokens: int | None = None,
     ) -> Generation:
-        if max_new_tokens < 1:
-            raise EdgeAttnError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+        check_max_new_tokens(max_new_tokens)
+        check_generation_length(len(input_ids), max_new_tokens, None)
         stages: dict[str, float] = {}
         start = time.perf_counter()
         features = embeds = text = None

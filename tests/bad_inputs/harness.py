@@ -1,7 +1,9 @@
 """One hostile case = a folder it builds, the CLI arguments it runs, and a fragment of the one-line error.
 
-`run_case` runs `python -m edgeattn.cli.main ARGS` in a subprocess, inside the case's own folder, with
-limits on time and address space, and checks every promise of the CLI's error boundary:
+`run_case` runs the CLI (`edgeattn.cli.main.main(ARGS)`) in a child process, inside the case's own folder,
+with limits on time and address space, and checks every promise of the CLI's error boundary. The child is
+forked from a zygote process that imported torch, transformers and onnxruntime once (`zygote.py`), so a
+case costs its own work, not seconds of imports:
 
 - exit code 1, the message on one short line of stderr, no traceback;
 - the fragment appears in that line (case-insensitive);
@@ -12,11 +14,10 @@ limits on time and address space, and checks every promise of the CLI's error bo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -55,9 +56,30 @@ def snapshot(root: Path) -> dict[str, str]:
     return found
 
 
-def _limits() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_BYTES, ADDRESS_SPACE_BYTES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+class _Zygote:
+    """The zygote process (`zygote.py`), started on first use and kept for the test session."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("zygote.py"))], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(self.process.stdout.readline()).get("ready"), "the zygote did not start"  # type: ignore[union-attr]
+
+    def run(self, request: dict) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        assert line, "the zygote died"
+        return json.loads(line)
+
+
+_ZYGOTE: list[_Zygote] = []
+
+
+def _zygote() -> _Zygote:
+    if not _ZYGOTE or _ZYGOTE[0].process.poll() is not None:
+        _ZYGOTE[:] = [_Zygote()]
+    return _ZYGOTE[0]
 
 
 def _is_output(rel: str, outputs: tuple[str, ...]) -> bool:
@@ -73,18 +95,24 @@ def run_case(case: Case, base: Path) -> str:
     args = case.setup(folder)
     before, before_outside = snapshot(folder), snapshot(outside)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **case.env}
-    started = time.monotonic()
-    try:
-        done = subprocess.run([sys.executable, "-m", "edgeattn.cli.main", *args], cwd=folder, env=env,
-                              input=case.stdin, capture_output=True, timeout=TIMEOUT_S, preexec_fn=_limits)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"{case.name}: no answer within {TIMEOUT_S} s (a hang)") from None
-    seconds = time.monotonic() - started
-    stderr = done.stderr.decode("utf-8", "replace")
+    streams = base / "streams"
+    streams.mkdir()
+    stdin = None
+    if case.stdin is not None:
+        stdin = streams / "stdin"
+        stdin.write_bytes(case.stdin)
+    answer = _zygote().run({"args": args, "cwd": str(folder), "env": env, "stdin": str(stdin) if stdin else None,
+                            "stdout": str(streams / "stdout"), "stderr": str(streams / "stderr"),
+                            "timeout": TIMEOUT_S, "address_space": ADDRESS_SPACE_BYTES})
+    if answer["timed_out"]:
+        raise AssertionError(f"{case.name}: no answer within {TIMEOUT_S} s (a hang)")
+    seconds, returncode = answer["seconds"], answer["returncode"]
+    stdout = (streams / "stdout").read_bytes()
+    stderr = (streams / "stderr").read_bytes().decode("utf-8", "replace")
     lines = [line for line in stderr.splitlines() if line.strip()]
-    where = f"{case.name} ({seconds:.1f} s), edgeattn {' '.join(args)}\nstdout: {done.stdout[-2000:]!r}\nstderr: {stderr[-4000:]}"
+    where = f"{case.name} ({seconds:.1f} s), edgeattn {' '.join(args)}\nstdout: {stdout[-2000:]!r}\nstderr: {stderr[-4000:]}"
     assert "Traceback" not in stderr, f"traceback in {where}"
-    assert done.returncode == 1, f"exit code {done.returncode} in {where}"
+    assert returncode == 1, f"exit code {returncode} in {where}"
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1, f"expected one 'error:' line in {where}"
     message = errors[0]

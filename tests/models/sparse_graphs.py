@@ -11,9 +11,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from edgeattn.graphs.lower import lower
-from edgeattn.graphs.sparse.lower_ort import lower_for_ort
-from edgeattn.plugins.registry import default_registry
-from edgeattn.plugins.spec import OpSpec
+from onnx_ir.passes import Sequential
+
+from edgeattn.graphs.passes import AttachFunctionBodies, LowerForOrt, PipelineRecord
+from edgeattn.ops.registry import default_registry
+from edgeattn.ops.spec import OpSpec
 
 _KINDS = {"int": ir.AttributeType.INT, "float": ir.AttributeType.FLOAT, "string": ir.AttributeType.STRING,
           "ints": ir.AttributeType.INTS, "floats": ir.AttributeType.FLOATS}
@@ -80,8 +82,9 @@ def run_body(spec: OpSpec, arrays: Sequence[np.ndarray | None], attrs: dict[str,
 def run_fast(spec: OpSpec, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any]) -> tuple[list, list]:
     """The op through the fast onnxruntime lowering; returns (outputs, lowering report)."""
     model = op_model(spec, arrays, attrs)
-    report = lower_for_ort(model)
-    return session(model).run(None, feeds_of(arrays)), report
+    record = PipelineRecord()
+    Sequential(LowerForOrt(record=record), AttachFunctionBodies(record=record))(model)
+    return session(model).run(None, feeds_of(arrays)), list(record.lowered)
 
 
 def full_attrs(spec: OpSpec, **given: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ least-squares fit (in log space) of the mean attention at each position over cal
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +16,83 @@ import numpy as np
 from edgeattn.errors import PruningError
 
 
+# A vision encoder has at most a few thousand candidate tokens: a weights file is a few kB. 64 MiB is
+# far above any real one and bounds what is read into memory.
+MAX_WEIGHTS_BYTES = 64 * 1024**2
+FORMATS = "write N numbers as .npy, a .json list, or whitespace/comma-separated text"
+
+
 def load_weights(path: str | Path, count: int) -> np.ndarray:
-    """N positional weights from .npy, .json (a list) or text (whitespace/comma separated)."""
+    """N positional weights from .npy, .json (a list) or text (whitespace/comma separated).
+
+    A malformed file is refused in one line that names the file and the problem, never its content.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise PruningError(f"debias weights file {str(path)!r} is a folder; {FORMATS}")
+    if not path.exists():
         raise PruningError(f"debias weights file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise PruningError(f"debias weights file {str(path)!r} is not a regular file; {FORMATS}")
+    size = path.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise PruningError(f"debias weights file {path} is {size} bytes, more than the {MAX_WEIGHTS_BYTES} allowed "
+                           f"for {count} weights; is it the right file?")
     try:
         if path.suffix == ".npy":
-            weights = np.load(path, allow_pickle=False)
+            weights = _read_npy(path, size)
         elif path.suffix == ".json":
-            weights = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+            weights = _numbers(json.loads(path.read_bytes().decode("utf-8")), path)
         else:
-            weights = np.asarray(path.read_text().replace(",", " ").split(), dtype=np.float64)
-    except (ValueError, OSError) as err:
-        raise PruningError(f"cannot read debias weights from {path}: {err}") from None
+            weights = _numbers(path.read_bytes().decode("utf-8").replace(",", " ").split(), path)
+    except UnicodeDecodeError:
+        raise PruningError(f"debias weights file {path} is not UTF-8 text; {FORMATS}") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise PruningError(f"debias weights file {path} is not valid JSON; {FORMATS}") from None
+    except PermissionError:
+        raise PruningError(f"debias weights file {path} cannot be read (permission denied)") from None
+    except (ValueError, OSError, EOFError, TypeError):
+        what = "is not a valid .npy array of numbers" if path.suffix == ".npy" else "cannot be read"
+        raise PruningError(f"debias weights file {path} {what}; {FORMATS}") from None
     weights = np.asarray(weights, dtype=np.float32).reshape(-1)
     if weights.size != count or not np.isfinite(weights).all():
         raise PruningError(f"{path} holds {weights.size} weights; the encoder has {count} candidate tokens "
                            "and every weight must be finite")
     return weights
+
+
+def _numbers(values: object, path: Path) -> np.ndarray:
+    """A flat list of numbers (JSON numbers, or number strings from a text file) as float64."""
+    if not isinstance(values, list) or not all(
+        (isinstance(v, (int, float)) and not isinstance(v, bool)) or isinstance(v, str) for v in values
+    ):
+        raise PruningError(f"debias weights file {path} is not a flat list of numbers; {FORMATS}")
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        try:
+            out[i] = float(value)
+        except (ValueError, OverflowError):
+            raise PruningError(f"debias weights file {path}: entry {i + 1} is not a number; {FORMATS}") from None
+    return out
+
+
+def _read_npy(path: Path, size: int) -> np.ndarray:
+    """A numeric .npy array, its header checked against the file size before anything is allocated."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError("unsupported .npy version")
+        body = size - handle.tell()
+    if dtype.kind not in "biuf" or dtype.hasobject:
+        raise PruningError(f"debias weights file {path} holds {dtype.kind!r}-kind data, not numbers; {FORMATS}")
+    if math.prod(shape) * dtype.itemsize > body:
+        raise PruningError(f"debias weights file {path} is truncated (its header promises more data than it holds); "
+                           f"{FORMATS}")
+    return np.load(path, allow_pickle=False)
 
 
 def fit_recency_weights(scores: np.ndarray) -> np.ndarray:

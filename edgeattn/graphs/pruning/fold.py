@@ -15,7 +15,7 @@ from edgeattn.errors import PruningError
 from edgeattn.graphs.lower import Target, lower
 from edgeattn.graphs.pruning.insert import BUDGET_INPUT, INDICES_OUTPUT
 from edgeattn.graphs.pruning.report import PRUNING_METADATA
-from edgeattn.plugins.registry import default_registry
+from edgeattn.ops.registry import default_registry
 
 
 def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -> ir.Model:

@@ -1,6 +1,6 @@
 """The pruning pass: score the visual tokens of a vision graph and keep k of them.
 
-    model, report = prune("vision.onnx", parse_prune("fastervlm:64"))
+    report = insert_pruning(model, parse_prune("fastervlm:64"), "vision.onnx")   # prune(): pruning/api.py
 
 The graph output that holds the tokens (`image_features`) is replaced by the kept tokens [B, k, D]
 (same name) and a `kept_indices` [B, k] output (ascending candidate positions) is added. Scores come
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -23,29 +22,24 @@ import onnx_ir as ir
 
 from edgeattn.errors import PruningError
 from edgeattn.graphs.detect import LAYER_TAG
-from edgeattn.graphs.io import MIN_IR_VERSION, ModelLike, as_model, save
-from edgeattn.graphs.lower import Target, lower
+from edgeattn.graphs.io import MIN_IR_VERSION
+from edgeattn.graphs.lower import Target
 from edgeattn.graphs.pruning import baselines, debias
 from edgeattn.graphs.pruning.emit import Emitter
-from edgeattn.graphs.pruning.methods import PruneSpec, parse_prune
+from edgeattn.graphs.pruning.methods import PruneSpec
 from edgeattn.graphs.pruning.projector import find_projector, perturbed_outputs
 from edgeattn.graphs.pruning.report import PRUNING_METADATA, PruneReport
 from edgeattn.graphs.pruning.tap import AttentionTap, attention_tap
 from edgeattn.graphs.shapes import ensure_shapes
 from edgeattn.graphs.values import dims
-from edgeattn.plugins.registry import Registry, default_registry
+from edgeattn.ops.spec import DOMAIN, MIN_REWRITE_OPSET
 
-DOMAIN = "edgeattn"
-MIN_OPSET = 13
 TEXT_INPUT, BUDGET_INPUT, VALID_INPUT, INDICES_OUTPUT = "text_embeds", "num_tokens", "patch_valid", "kept_indices"
 
 
-def prune(model: ModelLike, spec: PruneSpec | str, target: Target = "ort", *, where: str | None = None,
-          registry: Registry | None = None) -> tuple[ir.Model, PruneReport]:
-    """Insert pruning into `model` (changed in place and returned) as `spec` says."""
-    spec = parse_prune(spec) if isinstance(spec, str) else spec
-    where = where or (os.path.basename(str(model)) if isinstance(model, (str, os.PathLike)) else "the vision graph")
-    model = as_model(model)
+def insert_pruning(model: ir.Model, spec: PruneSpec, where: str, target: Target = "ort") -> PruneReport:
+    """Score the visual tokens of `model` and keep k (TokenScore + TokenSelect nodes, no lowering: that is
+    the last step of the pipeline). `target` is recorded in the report and the graph's metadata."""
     _check_model(model, where)
     ensure_shapes(model)
     graph = model.graph
@@ -61,7 +55,6 @@ def prune(model: ModelLike, spec: PruneSpec | str, target: Target = "ort", *, wh
     scores, keys, similarity = _scores(spec, emit, model, tap, out, layout, inputs, where)
     selected, kept = _select(spec, emit, scores, out, keys, layout, inputs)
     _replace_output(graph, out, position, selected, kept, spec, layout, width)
-    lower(model, target, registry or default_registry())
     model.opset_imports[DOMAIN] = 1
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     report = PruneReport(spec, out_name(selected), layout.candidates, spec.k,
@@ -69,14 +62,6 @@ def prune(model: ModelLike, spec: PruneSpec | str, target: Target = "ort", *, wh
                          tap.site.dialect if tap else None, layout.has_cls, layout.prefix, tuple(inputs), similarity,
                          target)
     model.metadata_props[PRUNING_METADATA] = json.dumps(report.to_json())
-    return model, report
-
-
-def prune_file(source: str | os.PathLike, destination: str | os.PathLike, spec: PruneSpec | str,
-               target: Target = "ort", *, external_data: bool | None = None) -> PruneReport:
-    """Read, prune and atomically write one vision-encoder ONNX file."""
-    model, report = prune(source, spec, target, where=os.path.basename(str(source)))
-    save(model, destination, external_data=external_data)
     return report
 
 
@@ -87,8 +72,8 @@ def out_name(value: ir.Value) -> str:
 # -- checks and layout ---------------------------------------------------------------------------
 def _check_model(model: ir.Model, where: str) -> None:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if opset is None or opset < MIN_OPSET:
-        raise PruningError(f"{where} imports ONNX opset {opset}; pruning needs opset {MIN_OPSET} or later")
+    if opset is None or opset < MIN_REWRITE_OPSET:
+        raise PruningError(f"{where} imports ONNX opset {opset}; pruning needs opset {MIN_REWRITE_OPSET} or later")
     if any(node.domain == DOMAIN and node.op_type == "TokenSelect" for node in model.graph):
         raise PruningError(f"{where} is already pruned (it has an edgeattn.TokenSelect node); prune the original")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeattn.errors import PruningError
-from edgeattn.graphs.ranges import MAX_LAYERS
+from edgeattn.ranges import MAX_LAYERS
 
 MAX_TOKENS = 1 << 20  # a budget k beyond any image's token count (checked against the encoder later)
 
@@ -153,7 +153,7 @@ def make_spec(method: str, k: int, params: Mapping[str, Any] | None = None) -> P
     if method not in METHODS:
         raise PruningError(f"unknown pruning method {method!r}; choose one of: {', '.join(METHODS)}")
     if not 1 <= k <= MAX_TOKENS:
-        raise PruningError(f"the pruning budget k must be 1 to {MAX_TOKENS} tokens (got {k})")
+        raise PruningError(f"the pruning budget k must be at least 1 token and at most {MAX_TOKENS} (got {k})")
     known = {**COMMON, **METHODS[method].params}
     resolved = {name: p.default for name, p in known.items()}
     for name, value in (params or {}).items():

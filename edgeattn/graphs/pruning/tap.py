@@ -21,7 +21,7 @@ from edgeattn.graphs.detect import Detection, Match, detect
 from edgeattn.graphs.pruning.emit import Emitter
 from edgeattn.graphs.report import Site
 from edgeattn.graphs.values import dims
-from edgeattn.plugins.registry import default_registry
+from edgeattn.ops.registry import default_registry
 
 
 @dataclass

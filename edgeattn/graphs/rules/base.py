@@ -21,6 +21,8 @@ InputsBuilder = Callable[[Builder], list["ir.Value | None"]]
 OutputFinisher = Callable[[Builder, ir.Value], ir.Value]
 
 EDGEATTN = "edgeattn"
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32 (subnormal); below it a scale rounds to 0
 
 
 class Refusal(MatchFailureError):
@@ -103,10 +105,43 @@ def _annotate(inputs: list[ir.Value | None], plan: Plan) -> None:
         mask.dtype = ir.DataType.BOOL if plan.facts.mask == "bool" else plan.dtype
 
 
+def attribute(node: ir.Node, name: str, kind: ir.AttributeType, default: Any) -> Any:
+    """Attribute `name` of `node`, which its op's schema gives as `kind`; `default` when it is absent.
+
+    A file may say anything: an attribute of another type, or a reference to a function attribute, is
+    refused with its reason rather than read as something else."""
+    attr = node.attributes.get(name)
+    if attr is None:
+        return default
+    if attr.is_ref() or attr.type != kind:
+        what = f"a reference to '{attr.ref_attr_name}'" if attr.is_ref() else f"of type {attr.type.name}"
+        raise Refusal(f"attribute '{name}' of the {node.op_type} node '{node.name}' is {what}, not {kind.name}", node)
+    return list(attr.value) if kind == ir.AttributeType.INTS else attr.value
+
+
+def int_attribute(node: ir.Node, name: str, default: Any) -> Any:
+    return attribute(node, name, ir.AttributeType.INT, default)
+
+
+def float_attribute(node: ir.Node, name: str, default: Any) -> Any:
+    return attribute(node, name, ir.AttributeType.FLOAT, default)
+
+
+def ints_attribute(node: ir.Node, name: str, default: Any) -> Any:
+    return attribute(node, name, ir.AttributeType.INTS, default)
+
+
 def attention_attributes(
     scale: float | None, causal: int, q_heads: int | None, kv_heads: int | None, softmax_precision: int = 0
 ) -> dict[str, Any]:
-    """The edgeattn.Attention attributes of a site, every one written out (TensorRT plugins read them all)."""
+    """The edgeattn.Attention attributes of a site, every one written out (TensorRT plugins read them all).
+
+    The op reads a scale of 0 as 1/sqrt(head size), and keeps it as a float32 attribute: a site whose
+    scale is not a positive finite float32 (0, negative, inf/NaN, or one that under/overflows float32)
+    is refused rather than silently computed with another scale."""
+    if scale is not None and not FLOAT32_TINY <= scale <= FLOAT32_MAX:  # also False for NaN
+        raise Refusal(f"the attention scale {scale:g} is not a positive finite float32; edgeattn.Attention "
+                      "takes a scale > 0 (0 means 1/sqrt(head size))")
     return {
         "scale": float(scale) if scale is not None else 0.0,
         "causal": int(causal),

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
-from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes
+from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes, int_attribute
 from edgeattn.graphs.rules.masks import MaskTerm, build_mask, check_fits, mask_kind, where_term
 from edgeattn.graphs.rules.operands import Operand, read_key, read_key_value_heads, peel_scales
 from edgeattn.graphs.values import dims, rank, static_array, static_dim, static_scalar
@@ -93,7 +93,7 @@ def _check_softmax_axis(softmax: ir.Node, score_rank: int | None) -> None:
         raise Refusal("the rank of the attention scores is unknown (no shape information)", softmax)
     graph = softmax.graph
     opset = graph.opset_imports.get("", 13) if isinstance(graph, ir.Graph) else 13
-    axis = softmax.attributes.get_int("axis", -1 if opset >= 13 else 1)  # the default changed in opset 13
+    axis = int_attribute(softmax, "axis", -1 if opset >= 13 else 1)  # the default changed in opset 13
     if axis not in (-1, score_rank - 1):
         raise Refusal(f"the Softmax is over axis {axis}, not the last (key) axis of rank-{score_rank} scores", softmax)
 
@@ -145,7 +145,7 @@ def _softmax_precision(pre_cast: ir.Value | None, query_type: ir.DataType | None
     """The type a Cast before the Softmax computes it in (0: Q's own type). ONNX Softmax takes floats only."""
     if pre_cast is None:
         return 0
-    to = pre_cast.producer().attributes.get_int("to", 0)
+    to = int_attribute(pre_cast.producer(), "to", 0)
     return 0 if query_type is not None and to == int(query_type) else to
 
 

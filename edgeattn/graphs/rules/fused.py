@@ -9,7 +9,16 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes
+from edgeattn.graphs.rules.base import (
+    AttentionRule,
+    Plan,
+    Refusal,
+    SiteFacts,
+    attention_attributes,
+    float_attribute,
+    int_attribute,
+    ints_attribute,
+)
 from edgeattn.graphs.rules.masks import lengths_to_keep, padding_mask
 from edgeattn.graphs.rules.operands import read_key_value_heads
 from edgeattn.graphs.values import dims, rank, same_dim, static_dim
@@ -22,11 +31,25 @@ def _input(node: ir.Node, index: int) -> ir.Value | None:
     return node.inputs[index] if index < len(node.inputs) else None
 
 
-def _default_scale(scale: float, head_size: int | None) -> float | None:
-    """The scale a fused op uses: its attribute, else 1/sqrt(head size) (None when that is unknown)."""
-    if scale > 0:
+def _default_scale(node: ir.Node, head_size: int | None, zero_is_default: bool) -> float | None:
+    """The scale a fused op uses: its attribute, else 1/sqrt(head size) (None when that is unknown).
+    onnxruntime's com.microsoft ops read a scale of 0 as "not given"; ONNX Attention multiplies by it."""
+    scale = float_attribute(node, "scale", None)
+    if scale is not None and not (math.isfinite(scale) and (scale > 0 or (scale == 0 and zero_is_default))):
+        raise Refusal(f"the scale attribute {scale:g} is not a positive finite number", node)
+    if scale:
         return scale
     return 1.0 / math.sqrt(head_size) if head_size else None
+
+
+def _heads(node: ir.Node, name: str, hidden: int | None) -> int:
+    """A head-count attribute: positive, and dividing the hidden size when that is known."""
+    heads = int_attribute(node, name, 0)
+    if heads <= 0:
+        raise Refusal(f"{name} {heads} of {node.op_type} is not a positive head count", node)
+    if hidden is not None and hidden % heads:
+        raise Refusal(f"{name} {heads} does not divide the hidden size {hidden}", node)
+    return heads
 
 
 class OnnxAttention(AttentionRule):
@@ -40,10 +63,10 @@ class OnnxAttention(AttentionRule):
 
     def plan(self, **b: Any) -> Plan:
         node = b["y"].producer()
-        attrs = node.attributes
-        if attrs.get_float("softcap", 0.0) != 0.0:
-            raise Refusal(f"softcap {attrs.get_float('softcap', 0.0):g} is not supported", node)
-        if attrs.get_int("left_window_size", -1) >= 0 or attrs.get_int("right_window_size", -1) >= 0:
+        softcap = float_attribute(node, "softcap", 0.0)
+        if softcap != 0.0:
+            raise Refusal(f"softcap {softcap:g} is not supported", node)
+        if int_attribute(node, "left_window_size", -1) >= 0 or int_attribute(node, "right_window_size", -1) >= 0:
             raise Refusal("sliding-window attention (left/right_window_size) is not supported", node)
         if _input(node, 4) is not None or _input(node, 5) is not None:
             raise Refusal("past_key/past_value inputs (a KV cache inside the op) are not supported", node)
@@ -59,13 +82,13 @@ class OnnxAttention(AttentionRule):
             q_heads, kv_heads = static_dim(query, 1), static_dim(key, 1)
             head_size = static_dim(query, -1)
         else:
-            q_heads, kv_heads = attrs.get_int("q_num_heads", 0), attrs.get_int("kv_num_heads", 0)
             hidden = static_dim(query, -1)
-            head_size = hidden // q_heads if hidden and q_heads else None
+            q_heads, kv_heads = _heads(node, "q_num_heads", hidden), _heads(node, "kv_num_heads", static_dim(key, -1))
+            head_size = hidden // q_heads if hidden else None
         _check_mask_length(mask, key, layout)
-        causal = 1 if attrs.get_int("is_causal", 0) else 0
-        scale = _default_scale(attrs.get_float("scale", 0.0), head_size)
-        precision = attrs.get_int("softmax_precision", 0)
+        causal = 1 if int_attribute(node, "is_causal", 0) else 0
+        scale = _default_scale(node, head_size, zero_is_default=False)
+        precision = int_attribute(node, "softmax_precision", 0)
         if query.dtype is not None and precision == int(query.dtype):
             precision = 0
         mask_kind = "none" if mask is None else "bool" if mask.dtype == ir.DataType.BOOL else "additive"
@@ -94,21 +117,22 @@ class MsAttention(AttentionRule):
 
     def plan(self, **b: Any) -> Plan:
         node = b["y"].producer()
-        attrs = node.attributes
         if _input(node, 4) is not None or _input(node, 6) is not None:
             raise Refusal("the past state input (KV cache) of com.microsoft.Attention is not supported", node)
-        if attrs.get_int("do_rotary", 0):
+        if int_attribute(node, "do_rotary", 0):
             raise Refusal("do_rotary (rotary embedding inside the op) is not supported", node)
-        heads = attrs.get_int("num_heads", 0)
         sizes = _qkv_sizes(node, b["weights"])
+        heads = _heads(node, "num_heads", sizes[0])
+        for size in sizes[1:]:
+            _heads(node, "num_heads", size)
         x = b["x"]
         dtype = x.dtype or b["weights"].dtype
         if dtype is None:
             raise Refusal("the element type of the input is unknown", x)
         head_size = sizes[0] // heads
-        scale = _default_scale(attrs.get_float("scale", 0.0), head_size)
-        causal = 2 if attrs.get_int("unidirectional", 0) else 0
-        filler = attrs.get_float("mask_filter_value", ORT_MASK_FILTER)
+        scale = _default_scale(node, head_size, zero_is_default=True)
+        causal = 2 if int_attribute(node, "unidirectional", 0) else 0
+        filler = float_attribute(node, "mask_filter_value", ORT_MASK_FILTER)
         mask_index, bias_input = _input(node, 3), _input(node, 5)
         mask_builder = _padding_mask_builder(mask_index, x, dtype, filler, "mask_index", _is_embed_mask(mask_index))
         facts = SiteFacts(node, self.dialect, "bs(hd)", heads, heads, head_size,
@@ -130,8 +154,10 @@ class MsAttention(AttentionRule):
 
 
 def _qkv_sizes(node: ir.Node, weights: ir.Value) -> list[int]:
-    sizes = node.attributes.get_ints("qkv_hidden_sizes", None)
+    sizes = ints_attribute(node, "qkv_hidden_sizes", None)
     if sizes:
+        if len(sizes) != 3 or any(s <= 0 for s in sizes):
+            raise Refusal(f"qkv_hidden_sizes {sizes} are not three positive sizes", node)
         return [int(s) for s in sizes]
     width = static_dim(weights, 1)
     if width is None or width % 3:
@@ -189,16 +215,16 @@ class MsMultiHeadAttention(AttentionRule):
             raise Refusal("past_key/past_value/cache inputs of MultiHeadAttention are not supported", node)
         if key is None or value is None or rank(query) != 3 or rank(key) != 3 or rank(value) != 3:
             raise Refusal("packed QKV/KV or 4-D (BNSH) key/value of MultiHeadAttention are not supported", node)
-        attrs = node.attributes
-        heads = attrs.get_int("num_heads", 0)
         hidden, v_hidden = static_dim(query, 2), static_dim(value, 2)
         dtype = query.dtype
         if hidden is None or v_hidden is None or dtype is None:
             raise Refusal("the hidden sizes or element type of MultiHeadAttention are unknown", node)
+        heads = _heads(node, "num_heads", hidden)
+        _heads(node, "num_heads", v_hidden)
         head_size = hidden // heads
-        scale = _default_scale(attrs.get_float("scale", 0.0), head_size)
-        causal = 2 if attrs.get_int("unidirectional", 0) else 0
-        filler = attrs.get_float("mask_filter_value", ORT_MASK_FILTER)
+        scale = _default_scale(node, head_size, zero_is_default=True)
+        causal = 2 if int_attribute(node, "unidirectional", 0) else 0
+        filler = float_attribute(node, "mask_filter_value", ORT_MASK_FILTER)
         bias, padding, bias_input = _input(node, 3), _input(node, 4), _input(node, 5)
         mask_builder = _padding_mask_builder(padding, query, dtype, filler, "key_padding_mask", False)
         facts = SiteFacts(node, self.dialect, "bs(hd)", heads, heads, head_size,

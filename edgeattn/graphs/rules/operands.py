@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from edgeattn.graphs.rules.base import Refusal, ints_attribute
 from edgeattn.graphs.values import dims, rank, same_dim, shape_vector, static_dim, static_ints, static_scalar
 
 SWAP_LAST_TWO_4D = (0, 1, 3, 2)
@@ -87,8 +88,10 @@ def read_key(key_t: ir.Value) -> KeyReading:
     swap = tuple(range(key_rank - 2)) + (key_rank - 1, key_rank - 2) if key_rank else SWAP_LAST_TWO_4D
     node = _producer(value, "Transpose")
     if node is not None and key_rank is not None:
-        perm = node.attributes.get_ints("perm", None)
+        perm = ints_attribute(node, "perm", None)
         perm = tuple(perm) if perm is not None else tuple(reversed(range(key_rank)))
+        if sorted(perm) != list(range(key_rank)):
+            raise Refusal(f"the Transpose of K has perm {list(perm)}, not a permutation of its {key_rank} axes", node)
         base, inner_scale = peel_scales(node.inputs[0])
         return KeyReading(Operand(base, compose(perm, swap)), scale * inner_scale, "transpose")
     unflattened = _reshape_transpose_reshape(value)
@@ -104,7 +107,7 @@ def _reshape_transpose_reshape(value: ir.Value) -> ir.Value | None:
     outer = _producer(value, "Reshape")
     middle = _producer(outer.inputs[0], "Transpose") if outer is not None else None
     inner = _producer(middle.inputs[0], "Reshape") if middle is not None else None
-    if inner is None or middle is None or tuple(middle.attributes.get_ints("perm", ())) != (0, 2, 1):
+    if inner is None or middle is None or tuple(ints_attribute(middle, "perm", ())) != (0, 2, 1):
         return None
     key = inner.inputs[0]
     flat = _known(dims(inner.outputs[0])) or shape_vector(inner.inputs[1])
@@ -136,7 +139,7 @@ def read_head_repeat(value: ir.Value) -> HeadRepeat | None:
     unsqueeze = _producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
     if unsqueeze is None or expand is None or reshape is None:
         return None
-    axes = static_ints(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else list(unsqueeze.attributes.get_ints("axes", []))
+    axes = static_ints(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else ints_attribute(unsqueeze, "axes", [])
     base = unsqueeze.inputs[0]
     base_dims, expanded = dims(base), _expanded_dims(expand)
     merged = _known(dims(value)) or shape_vector(reshape.inputs[1])

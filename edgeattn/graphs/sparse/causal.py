@@ -26,7 +26,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
-from edgeattn.graphs.dim_expr import canonical_dim
+from edgeattn.ops.dims import canonical_dim
 from edgeattn.graphs.values import dims
 
 _EDGEATTN = "edgeattn"

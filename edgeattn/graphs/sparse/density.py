@@ -17,8 +17,8 @@ def layout_density(attrs: Mapping[str, Any], q_len: int, kv_len: int | None = No
     import torch
 
     from edgeattn.errors import EdgeAttnError
-    from edgeattn.plugins.block_sparse_attention import SPEC
-    from edgeattn.plugins.block_sparse_attention.reference import block_sparse_attention_reference
+    from edgeattn.ops.block_sparse_attention import SPEC
+    from edgeattn.ops.block_sparse_attention.reference import block_sparse_attention_reference
 
     values = SPEC.resolve({k: v for k, v in attrs.items() if k in {a.name for a in SPEC.attributes}})
     if values["layout"] == "mask" or (values["layout"] == "select" and values["mode"] != "topk"):

@@ -5,9 +5,9 @@
     window:size=1024,sinks=4                   BlockSparseAttention, sliding window + sink tokens
     dense                                      edgeattn.Attention (the exact causal-aware lowering)
 
-Every method also takes `layers=2-29` and `name=GLOB` (which sites), `heads=0-1` (block and window:
-the key/value heads the layout applies to; the others stay dense) and any parameter of its op by its
-op name (`edgeattn ops` lists them). Several flags make several entries; a later one overrides an
+Each method is declared by its op (`OpSpec.sparse_flags`: the attributes it fixes, short keys, keys with
+a parser such as `heads=0-1` for block and window). Every method also takes `layers=2-29` and
+`name=GLOB` (which sites) and any parameter of its op by its op name (`edgeattn ops` lists them). Several flags make several entries; a later one overrides an
 earlier one where both select a site, as in a recipe file.
 """
 
@@ -17,22 +17,21 @@ import re
 from typing import Any
 
 from edgeattn.errors import RecipeError
-from edgeattn.graphs.ranges import MAX_HEADS, MAX_LAYERS, parse_index_ranges
-from edgeattn.plugins.registry import Registry, default_registry
+from edgeattn.ranges import MAX_LAYERS, parse_index_ranges
+from edgeattn.ops.registry import Registry, default_registry
+from edgeattn.ops.spec import OpSpec, SparseFlag
 
-# method -> (op, fixed parameters, {flag key: op attribute})
-METHODS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
-    "blasst": ("SkipSoftmaxAttention", {}, {"sf": "scale_factor", "splits": "num_splits"}),
-    "block": ("BlockSparseAttention", {"layout": "select"}, {
-        "block": "block_size", "k": "keep_blocks", "p": "cum_prob", "pool": "key_pool", "qpool": "query_pool",
-        "local": "local_blocks", "sink": "sink_blocks", "dense_rows": "dense_last_rows",
-    }),
-    "window": ("BlockSparseAttention", {"layout": "window"}, {"size": "window", "block": "block_size"}),
-    "dense": ("Attention", {}, {}),
-}
 SELECTORS = ("layers", "name")
-_DECODE = {"dense": 1, "sparse": 0}
 _FLAG = re.compile(r"^\s*([a-z_]+)\s*(?::(.*))?$")
+
+
+def methods(registry: Registry | None = None) -> dict[str, tuple[OpSpec, SparseFlag]]:
+    """Every --sparse method, from the ops' declarations (`OpSpec.sparse_flags`), in registry order."""
+    found: dict[str, tuple[OpSpec, SparseFlag]] = {}
+    for spec in registry or default_registry():
+        for flag in spec.sparse_flags:
+            found[flag.method] = (spec, flag)
+    return found
 
 
 def parse_sparse_flag(text: str, registry: Registry | None = None) -> dict[str, Any]:
@@ -42,13 +41,14 @@ def parse_sparse_flag(text: str, registry: Registry | None = None) -> dict[str, 
     {'op': 'BlockSparseAttention', 'layout': 'select', 'keep': 0.25, 'block_size': 64}
     """
     registry = registry or default_registry()
+    known_methods = methods(registry)
     found = _FLAG.match(text)
-    if found is None or found.group(1) not in METHODS:
+    if found is None or found.group(1) not in known_methods:
         raise RecipeError(f"--sparse {text!r} names no method; write METHOD[:key=value,...] with METHOD one of "
-                          f"{', '.join(METHODS)}, for example block:keep=0.25,block=64")
+                          f"{', '.join(known_methods)}, for example block:keep=0.25,block=64")
     method, rest = found.group(1), found.group(2) or ""
-    op, fixed, aliases = METHODS[method]
-    spec = registry.get(op)
+    spec, flag = known_methods[method]
+    op, fixed, aliases = spec.name, dict(flag.fixed), dict(flag.aliases)
     settable = {a.name for a in spec.attributes if not a.from_site}
     entry: dict[str, Any] = {"op": op, **fixed}
     for item in filter(None, (part.strip() for part in rest.split(","))):
@@ -63,24 +63,22 @@ def parse_sparse_flag(text: str, registry: Registry | None = None) -> dict[str, 
             if key == "layers":  # checked (and bounded) here, so a bad range fails before the model is read
                 _layers(entry[key], text)
             continue
-        if key == "heads":
-            entry["heads"] = _heads(raw.strip(), text)
-            continue
-        if key == "decode" and op == "BlockSparseAttention":
-            if raw.strip() not in _DECODE:
-                raise RecipeError(f"--sparse {text!r}: decode takes dense or sparse, got {raw.strip()!r}")
-            entry["dense_decode"] = _DECODE[raw.strip()]
+        if key in flag.parsers:
+            try:
+                entry.update(flag.parsers[key](raw.strip()))
+            except ValueError as err:
+                raise RecipeError(f"--sparse {text!r}: {err}") from None
             continue
         name = aliases.get(key, key)
         if name not in settable or name in fixed:
-            extra = ["heads", "decode"] if op == "BlockSparseAttention" else []
-            known = sorted({*aliases, *(settable - set(fixed)), *SELECTORS, *extra})
+            known = sorted({*aliases, *(settable - set(fixed)), *SELECTORS, *flag.parsers})
             raise RecipeError(f"--sparse {text!r}: unknown key '{key}' for {method}; known keys: {', '.join(known)}")
         entry[name] = _coerce(spec, name, value, text)
-    from edgeattn.graphs.sparse.checks import check_attributes
-
-    params = {k: v for k, v in entry.items() if k not in ("op", *SELECTORS)}
-    check_attributes(op, spec.resolve(params), f"--sparse {text!r}")
+    if spec.check is not None:
+        try:
+            spec.check(spec.resolve({k: v for k, v in entry.items() if k not in ("op", *SELECTORS)}))
+        except ValueError as err:
+            raise RecipeError(f"--sparse {text!r}: {err}") from err
     return entry
 
 
@@ -103,13 +101,6 @@ def _coerce(spec: Any, name: str, value: Any, text: str) -> Any:
         return spec.attribute(name).coerce(value)
     except ValueError as err:
         raise RecipeError(f"--sparse {text!r}: {err}") from err
-
-
-def _heads(raw: str, text: str) -> list[int]:
-    try:
-        return list(parse_index_ranges(raw, limit=MAX_HEADS, what=f"--sparse {text!r}: heads"))
-    except ValueError as err:
-        raise RecipeError(f"{err} (a range like 0-3 or 0-1+5)") from None
 
 
 def _layers(raw: str, text: str) -> None:

@@ -17,11 +17,11 @@ import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
 from edgeattn.graphs.detect import LAYER_TAG, LOWERED_TAG, SITE_TAG
-from edgeattn.graphs.lower import call_facts, lower
-from edgeattn.graphs.sparse.ort_common import SharedValues, read_site
-from edgeattn.graphs.sparse.ort_lowerings import OrtLowering, lower_block_select, lower_causal_dense, lower_window
-from edgeattn.plugins.bodies import Nodes
-from edgeattn.plugins.registry import Registry, default_registry
+from edgeattn.graphs.lower import call_facts
+from edgeattn.ops.ort import OrtLowering, Plan, SharedValues
+from edgeattn.ops.spec import OpSpec
+from edgeattn.ops.bodies import Nodes
+from edgeattn.ops.registry import Registry, default_registry
 
 
 
@@ -36,36 +36,18 @@ class Lowered:
         return asdict(self)
 
 
-def choose_lowering(node: ir.Node, attrs: dict[str, Any], opset: int) -> tuple[str, Any]:
-    """("causal-chunks" | "block-gather" | "window-gather", site) or ("function", reason)."""
-    if node.op_type == "SkipSoftmaxAttention":
-        return "function", "onnxruntime has no tile-skipping kernel: the exact body computes every score"
-    if node.op_type not in ("Attention", "BlockSparseAttention"):
-        return "function", "no fast lowering for this op"
-    if int(attrs.get("causal", 0)) not in (1, 2):
-        return "function", "the fast lowerings need causal attention (causal = 1 or 2)"
-    if int(attrs.get("softmax_precision", 0)) not in (0, 1):
-        return "function", "softmax in another precision than float keeps the function body"
-    site = read_site(node, attrs, opset)
-    if isinstance(site, str):
-        return "function", site
-    if node.op_type == "Attention":
-        return "causal-chunks", site
-    if attrs["heads"]:
-        return "function", "a layout on some heads only (heads) keeps the function body"
-    if attrs["layout"] == "window":
-        return "window-gather", site
-    if attrs["layout"] != "select" or attrs["mode"] != "topk":
-        return "function", "the gather lowering takes layout select in topk mode"
-    if int(attrs["local_blocks"]) < 1 or int(attrs["rectify"]):
-        return "function", "the gather lowering needs local_blocks >= 1 and rectify = 0"
-    return "block-gather", site
+def choose_lowering(node: ir.Node, spec: OpSpec, attrs: dict[str, Any], opset: int) -> Plan | str:
+    """The op's plan for `node` (its `ort_lowering` hook), or the reason the node keeps its function body."""
+    if spec.ort_lowering is None:
+        return "no fast lowering for this op"
+    return spec.ort_lowering(node, attrs, opset)
 
 
 def lower_for_ort(model: ir.Model, settings: OrtLowering | None = None,
                   registry: Registry | None = None) -> list[Lowered]:
     """Replace the edgeattn nodes of the main graph that a fast lowering takes; returns what happened
-    to every edgeattn node. Function bodies are attached again for the nodes that stay."""
+    to every edgeattn node. The nodes that stay get their function bodies from the pipeline's last step
+    (`AttachFunctionBodies`)."""
     settings = settings or OrtLowering()
     registry = registry or default_registry()
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
@@ -76,25 +58,20 @@ def lower_for_ort(model: ir.Model, settings: OrtLowering | None = None,
         if spec is None or spec.kind != "attention":
             continue
         attrs = dict(call_facts(node, spec, opset).attributes)
-        kind, site = choose_lowering(node, attrs, opset)
-        if kind == "function":
-            report.append(Lowered(node.name or "", node.op_type, kind, site))
+        plan = choose_lowering(node, spec, attrs, opset)
+        if isinstance(plan, str):
+            report.append(Lowered(node.name or "", node.op_type, "function", plan))
             continue
-        _replace(model, node, kind, site, shared, settings, attrs)
-        report.append(Lowered(node.name or "", node.op_type, kind))
-    lower(model, "ort", registry)
+        _replace(model, node, plan, shared, settings, attrs)
+        report.append(Lowered(node.name or "", node.op_type, plan.name))
     return report
 
 
-def _replace(model: ir.Model, node: ir.Node, kind: str, site: Any, shared: SharedValues, settings: OrtLowering,
+def _replace(model: ir.Model, node: ir.Node, plan: Plan, shared: SharedValues, settings: OrtLowering,
              attrs: dict[str, Any]) -> None:
     b = Nodes(model.opset_imports[""], f"{node.name}/ort")
-    if kind == "causal-chunks":
-        out = lower_causal_dense(b, site, shared, settings)
-    elif kind == "block-gather":
-        out = lower_block_select(b, site, shared)
-    else:
-        out = lower_window(b, site, shared)
+    out = plan.build(b, shared, settings)
+    kind = plan.name
     layer = node.metadata_props.get(LAYER_TAG)
     tag = json.dumps({"site": node.metadata_props.get(SITE_TAG, node.name), "layer": int(layer) if layer else None,
                       "op": node.op_type, "lowering": kind,

@@ -6,9 +6,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from edgeattn.graphs.detect import LAYER_TAG, SITE_TAG
-from edgeattn.plugins.registry import Registry
-
-STATISTICS = {"SkipSoftmaxAttention": "skip_ratio", "BlockSparseAttention": "density"}
+from edgeattn.ops.registry import Registry
+from edgeattn.ops.spec import DOMAIN
 
 
 def expose_statistics(model: ir.Model, registry: Registry) -> list[str]:
@@ -17,10 +16,10 @@ def expose_statistics(model: ir.Model, registry: Registry) -> list[str]:
     graph = model.graph
     names = []
     for node in list(graph):
-        if node.domain != "edgeattn" or node.op_type not in STATISTICS or len(node.outputs) > 1:
+        spec = registry.find(node.domain, node.op_type) if node.domain == DOMAIN else None
+        if spec is None or spec.statistics_output is None or len(node.outputs) > 1:
             continue
-        spec = registry.get(node.op_type)
-        stat = STATISTICS[node.op_type]
+        stat = spec.statistics_output
         replacement = ir.Node(node.domain, node.op_type, list(node.inputs), attributes=list(node.attributes.values()),
                               overload=node.overload, num_outputs=len(spec.outputs), name=node.name,
                               metadata_props=dict(node.metadata_props))
