@@ -28,7 +28,7 @@ def bench(model: str) -> list[dict]:
     loaded = load_model(model)
     load_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = export_model(loaded, Path(tmp) / "out")
+        manifest = export_model(loaded, Path(tmp) / "out").to_json()
     rows = []
     for name, comp in manifest["components"].items():
         records = manifest["validation"][name]

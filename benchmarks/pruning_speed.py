@@ -50,7 +50,7 @@ def prefill_flops(cfg: dict[str, int], length: int) -> float:
     return cfg["text_layers"] * (projections + attention + mlp) + head_logits
 
 
-def geometry(manifest: dict[str, Any], model: Any) -> dict[str, int]:
+def geometry(manifest: Any, model: Any) -> dict[str, int]:
     vcfg, tcfg = model.config.vision_config, model.config.text_config
     return {
         "vision_hidden": vcfg.hidden_size, "vision_mlp": vcfg.hidden_size * vcfg.mlp_ratio, "patch": vcfg.patch_size,
@@ -62,7 +62,7 @@ def geometry(manifest: dict[str, Any], model: Any) -> dict[str, int]:
 
 
 class Variant:
-    def __init__(self, name: str, vision_path: Path, folder: Path, manifest: dict[str, Any], threads: int) -> None:
+    def __init__(self, name: str, vision_path: Path, folder: Path, manifest: Any, threads: int) -> None:
         from edgeattn.runtime.generate import DecoderRunner
         from edgeattn.graphs.session import session_from_onnx
 
@@ -78,9 +78,9 @@ class Variant:
         return gen.tokens[0]
 
 
-def ensure_export(folder: Path) -> dict[str, Any]:
+def ensure_export(folder: Path) -> Any:
     from edgeattn.exporter.api import ExportOptions, export_model
-    from edgeattn.exporter.manifest import read_manifest
+    from edgeattn.manifest import read_manifest
 
     if (folder / "manifest.json").is_file():
         return read_manifest(folder)
@@ -106,11 +106,11 @@ def run(repeats: int, cache: Path, threads: int) -> dict[str, Any]:
         if not path.is_file():
             prune_file(folder / "vision.onnx", path, f"fastervlm:{k}")
         variants.append(Variant(f"fastervlm k={k}", path, folder, manifest, threads))
-    tokenizer = AutoTokenizer.from_pretrained(folder / manifest["tokenizer"])
+    tokenizer = AutoTokenizer.from_pretrained(folder / str(manifest.tokenizer))
     text_ids = list(tokenizer(PROMPT)["input_ids"])[:PROMPT_TOKENS]
     assert len(text_ids) == PROMPT_TOKENS, len(text_ids)
-    pixels = pixel_values(demo_image(manifest["vision"]["image_size"]), manifest["vision"])
-    image_id = manifest["image_token_id"]
+    pixels = pixel_values(demo_image(manifest.vision.image_size), manifest.vision.preprocess())
+    image_id = manifest.image_token_id
     for variant in variants:  # warm-up
         variant.ttft(pixels, text_ids, image_id)
         variant.stages.clear()
@@ -119,7 +119,7 @@ def run(repeats: int, cache: Path, threads: int) -> dict[str, Any]:
         for variant in variants:
             times[variant.name].append(median_ms(lambda v=variant: v.ttft(pixels, text_ids, image_id), 1, warmup=0))
     layers = cfg["vision_layers"] - 1  # the feature layer is -2: the last layer is not in the graph
-    patches = manifest["vision"]["num_image_tokens"]
+    patches = manifest.vision.num_image_tokens
     dense_flops = vision_flops(cfg, patches + 1, layers) + prefill_flops(cfg, patches + PROMPT_TOKENS)
     rows = []
     for variant in variants:

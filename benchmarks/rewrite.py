@@ -72,7 +72,7 @@ def bench_export(model_name: str, opset: int, folder: Path) -> list[dict[str, An
 
     loaded = load_model(model_name)
     out = folder / f"{model_name.replace(':', '_')}_{opset}"
-    manifest = export_model(loaded, out, ExportOptions(opset=opset, validate=False))
+    manifest = export_model(loaded, out, ExportOptions(opset=opset, validate=False)).to_json()
     rows = []
     for component, entry in manifest["components"].items():
         rows.append(measure(out / entry["file"], model_name, component, opset, expected_layers(loaded, component)))

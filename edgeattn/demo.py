@@ -9,6 +9,8 @@ from typing import Any, Callable, ContextManager
 
 import numpy as np
 
+from edgeattn.manifest import Manifest
+
 Step = Callable[[str], ContextManager[None]]
 REPEATS = 20
 
@@ -34,11 +36,11 @@ def run_demo(
         loaded = load_model(model)
     variants = export_variants(loaded, Path(out) / model.replace(":", "_"), step)
     dense = variants[0][2]
-    tokenizer = AutoTokenizer.from_pretrained(variants[0][1] / dense["tokenizer"])
+    tokenizer = AutoTokenizer.from_pretrained(variants[0][1] / str(dense.tokenizer))
     ids = list(tokenizer(prompt)["input_ids"])
     pixels = None
-    if dense["family"] == "vlm":
-        pixels = pixel_values(demo_image(dense["vision"]["image_size"]), dense["vision"])
+    if dense.family == "vlm" and dense.vision is not None:
+        pixels = pixel_values(demo_image(dense.vision.image_size), dense.vision.preprocess())
     rows = []
     for name, folder, manifest in variants:
         with step(f"run {name} ({REPEATS} repeats)"):
@@ -49,28 +51,28 @@ def run_demo(
     return {"model": model, "text_tokens": len(ids), "repeats": REPEATS, "variants": rows}
 
 
-def export_variants(loaded: Any, base: Path, step: Step) -> list[tuple[str, Path, dict[str, Any]]]:
+def export_variants(loaded: Any, base: Path, step: Step) -> list[tuple[str, Path, Manifest]]:
     from edgeattn.exporter.api import ExportOptions, export_model
 
     manifest = export_model(loaded, base / "dense", ExportOptions(force=True), step=step)
     variants = [("dense export", base / "dense", manifest)]
-    if manifest["family"] == "vlm":
+    if manifest.family == "vlm":
         from edgeattn.graphs.pruning import parse_prune
 
-        prune = f"fastervlm:{max(1, manifest['image_token_count'] // 4)}"
+        prune = f"fastervlm:{max(1, (manifest.image_token_count or 4) // 4)}"
         options = ExportOptions(force=True, prune=parse_prune(prune))
         variants.append((f"pruned {prune}", base / "pruned", export_model(loaded, base / "pruned", options, step=step)))
     return variants
 
 
 def time_variant(
-    name: str, folder: Path, manifest: dict[str, Any], ids: list[int], pixels: np.ndarray | None, max_new_tokens: int
+    name: str, folder: Path, manifest: Manifest, ids: list[int], pixels: np.ndarray | None, max_new_tokens: int
 ) -> dict[str, Any]:
     """Median time to first token and per token over REPEATS generations (after one warm-up)."""
     from edgeattn.runtime.generate import DecoderRunner
 
-    if manifest["family"] == "vlm":
-        ids = [manifest["image_token_id"]] * manifest["image_token_count"] + ids
+    if manifest.family == "vlm":
+        ids = [manifest.image_token_id] * (manifest.image_token_count or 0) + ids
     runner = DecoderRunner(folder, manifest)
     runner.generate(ids, max_new_tokens, pixels)
     runs = [runner.generate(ids, max_new_tokens, pixels) for _ in range(REPEATS)]

@@ -12,6 +12,7 @@ import torch
 from edgeattn.exporter.api import ExportOptions, export_model
 from edgeattn.exporter.sources import load_model
 from edgeattn.graphs.session import session_from_onnx
+from edgeattn.manifest import read_manifest
 from tests.models import hf_folders
 
 
@@ -49,9 +50,8 @@ def test_decoder_generation_matches_pytorch(exported):
     from edgeattn.runtime.generate import DecoderRunner
 
     folder = exported("demo:tiny-llama")
-    manifest = json.loads((folder / "manifest.json").read_text())
     prompt = list(b"The capital of France is")
-    gen = DecoderRunner(folder, manifest).generate(prompt, 8)
+    gen = DecoderRunner(folder, read_manifest(folder)).generate(prompt, 8)
     model = load_model("demo:tiny-llama").model
     assert gen.tokens == torch_greedy(model, prompt, 8)
     assert gen.ttft_ms > 0 and gen.tpot_ms > 0
@@ -63,7 +63,7 @@ def test_llama_family_folders_export_and_generate(kind, tmp_path):
 
     src = hf_folders.tiny_decoder(kind, tmp_path / "src")
     manifest = export_model(str(src), tmp_path / "out")
-    assert manifest["architecture"] == kind
+    assert manifest.document["architecture"] == kind
     gen = DecoderRunner(tmp_path / "out", manifest).generate([72, 105], 4)
     model = load_model(str(src)).model
     assert gen.tokens == torch_greedy(model, [72, 105], 4)
@@ -92,10 +92,9 @@ def test_vlm_generation_with_image_matches_pytorch(exported):
     from edgeattn.runtime.generate import DecoderRunner
 
     folder = exported("demo:tiny-llava")
-    manifest = json.loads((folder / "manifest.json").read_text())
     pixels = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     ids = [259] * 64 + list(b"Describe")
-    gen = DecoderRunner(folder, manifest).generate(ids, 6, pixels)
+    gen = DecoderRunner(folder, read_manifest(folder)).generate(ids, 6, pixels)
     model = load_model("demo:tiny-llava").model
     assert gen.tokens == torch_greedy(model, ids, 6, pixel_values=torch.from_numpy(pixels))
     assert gen.stages_ms["vision_ms"] > 0
@@ -105,9 +104,9 @@ def test_vlm_generation_with_image_matches_pytorch(exported):
 def test_vision_encoder_folders(kind, tmp_path):
     src = hf_folders.tiny_vision(kind, tmp_path / "src")
     manifest = export_model(str(src), tmp_path / "out")
-    assert manifest["family"] == "vision" and list(manifest["components"]) == ["vision"]
+    assert manifest.family == "vision" and list(manifest.components) == ["vision"]
     tokens = {"clip": 17, "siglip": 16, "dinov2": 5}[kind]
-    assert manifest["vision"]["num_image_tokens"] == tokens
+    assert manifest.vision.num_image_tokens == tokens
     out = session_from_onnx(tmp_path / "out" / "vision.onnx").run(None, {"pixel_values": np.zeros((3, 3, 28, 28), np.float32)})
     assert out[0].shape == (3, tokens, 32)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeattn.exporter.manifest import read_manifest
+from edgeattn.manifest import read_manifest
 from edgeattn.exporter.sources import load_model
 from edgeattn.graphs.pruning import prune_file
 from edgeattn.runtime.generate import DecoderRunner
@@ -116,8 +116,8 @@ def test_real_dinov2_export_prunes_by_the_last_layer_cls_attention(tmp_path):
     from edgeattn.graphs.pruning import parse_prune
 
     manifest = export_model("zoo:dinov2-s14", tmp_path / "d", ExportOptions(prune=parse_prune("fastervlm:64")))
-    assert manifest["pruning"]["layer"] == 11 and manifest["pruning"]["tokens_before"] == 256
-    assert manifest["vision"]["num_image_tokens"] == 64
+    assert manifest.pruning["layer"] == 11 and manifest.pruning["tokens_before"] == 256
+    assert manifest.vision.num_image_tokens == 64
     loaded = load_model("zoo:dinov2-s14")
     model = loaded.model
     model.set_attn_implementation("eager")

@@ -190,7 +190,7 @@ def test_generation_with_a_sparse_decoder(exported, tmp_path):
     export), decode dense by default; a sparse decode (decode=sparse) runs too."""
     import shutil
 
-    from edgeattn.exporter.manifest import read_manifest
+    from edgeattn.manifest import read_manifest
     from edgeattn.exporter.rewrite_step import sparsify_decoder
     from edgeattn.runtime.generate import DecoderRunner
 
@@ -204,7 +204,7 @@ def test_generation_with_a_sparse_decoder(exported, tmp_path):
         shutil.copytree(folder, out)
         report = sparsify_decoder(out, flags)
         manifest = read_manifest(out)
-        assert manifest["sparse"]["flags"] == flags and {x.lowering for x in report.lowered} != {"function"}
+        assert manifest.sparse["flags"] == flags and {x.lowering for x in report.lowered} != {"function"}
         tokens = DecoderRunner(out, manifest).generate(prompt, 6).tokens
         assert 1 <= len(tokens) <= 6
         if same:
@@ -240,7 +240,7 @@ def test_sparsify_decoder_in_place(exported, tmp_path):
     """What `export --sparse` does after exporting: the folder's decoder rewritten where it is."""
     import shutil
 
-    from edgeattn.exporter.manifest import read_manifest
+    from edgeattn.manifest import read_manifest
     from edgeattn.exporter.rewrite_step import sparsify_decoder
     from edgeattn.runtime.generate import DecoderRunner
 
@@ -248,7 +248,7 @@ def test_sparsify_decoder_in_place(exported, tmp_path):
     shutil.copytree(exported("demo:tiny-llama"), folder)
     report = sparsify_decoder(folder, ["window:size=8,sinks=2,block=4"])
     manifest = read_manifest(folder)
-    assert manifest["sparse"]["sites"][0]["lowering"] == "window-gather" == report.lowered[0].lowering
+    assert manifest.sparse["sites"][0]["lowering"] == "window-gather" == report.lowered[0].lowering
     assert DecoderRunner(folder, manifest).generate(list(range(5, 30)), 3).tokens
 
 

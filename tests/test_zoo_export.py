@@ -56,7 +56,7 @@ def test_dinov2_vision_export_matches_pytorch(tmp_path):
 
     loaded = zoo_model_or_skip("dinov2-s14")
     manifest = export_model(loaded, tmp_path / "dino")
-    assert manifest["vision"]["num_image_tokens"] == 257 and manifest["vision"]["image_size"] == 224
+    assert manifest.vision.num_image_tokens == 257 and manifest.vision.image_size == 224
     pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
     got = session_from_onnx(tmp_path / "dino" / "vision.onnx").run(None, {"pixel_values": pixels})[0]
     with torch.no_grad():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from edgeattn.cli.common import emit_json, json_option, progress
@@ -46,23 +48,23 @@ def export(model: str, out: str, opset: int, no_validate: bool, force: bool, pru
                             recipe=recipe, target=target, sparse=sparse)
     manifest = export_model(model, out, options, step=lambda text: progress(text, enabled=not as_json))
     if as_json:
-        emit_json({"out": out, **manifest})
+        emit_json({"out": out, **manifest.to_json()})
         return
-    click.echo(f"exported {manifest['model']} ({manifest['family']}, opset {opset}) to {out}")
-    for name, comp in manifest["components"].items():
+    click.echo(f"exported {manifest.model} ({manifest.family}, opset {opset}) to {out}")
+    for name, comp in manifest.components.items():
         worst = _worst_error(manifest, name)
         check = f"max rel error {worst:.2e}" if worst is not None else "not validated"
-        click.echo(f"  {comp['file']:<14} {check}")
-    if manifest.get("pruning"):
-        p = manifest["pruning"]
+        click.echo(f"  {comp.file:<14} {check}")
+    if manifest.pruning:
+        p = manifest.pruning
         click.echo(f"  pruned: {p['method']} keeps {p['k']} of {p['tokens_before']} visual tokens"
                    + (f" (attention layer {p['layer']})" if p["layer"] is not None else ""))
-    if manifest.get("note"):
-        click.echo(f"note: {manifest['note']}")
+    if manifest.note:
+        click.echo(f"note: {manifest.note}")
 
 
-def _worst_error(manifest: dict, name: str) -> float | None:
-    records = (manifest.get("validation") or {}).get(name)
+def _worst_error(manifest: Any, name: str) -> float | None:
+    records = (manifest.validation or {}).get(name)
     if not records:
         return None
     return max(out["max_rel"] for rec in records for out in rec["outputs"].values())

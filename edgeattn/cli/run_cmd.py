@@ -26,14 +26,14 @@ def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens
     Prints the text, the time to first token (vision + embed + prefill) and the mean time per
     further token.
     """
-    from edgeattn.exporter.manifest import read_manifest
+    from edgeattn.manifest import read_manifest
 
     for prompt in prompts:
         _check_text(prompt)
     if threads is not None and threads > MAX_THREADS:
         raise EdgeAttnError(f"--threads must be from 1 to {MAX_THREADS} (got {threads})")
     manifest = read_manifest(folder)
-    family = manifest["family"]
+    family = manifest.family
     if family not in ("decoder", "vlm") and image_tokens is not None:
         raise EdgeAttnError(f"--image-tokens sets a VLM's visual-token budget; this folder holds a {family} model")
     if family == "encoder" and image is not None:
@@ -64,13 +64,13 @@ def _check_text(prompt: str) -> None:
                                 "pass the prompt as UTF-8")
 
 
-def _tokenizer(folder: Path, manifest: dict[str, Any]) -> Any:
-    if not manifest.get("tokenizer"):
+def _tokenizer(folder: Path, manifest: Any) -> Any:
+    if not manifest.tokenizer:
         raise EdgeAttnError(f"{folder} has no tokenizer folder; re-export a model that ships one")
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = folder / manifest["tokenizer"]
+    path = folder / manifest.tokenizer
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -90,7 +90,7 @@ def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, i
     if len(prompts) != 1:
         raise EdgeAttnError(f"give exactly one --prompt to generate from (got {len(prompts)})")
     check_max_new_tokens(max_new_tokens)
-    if image is not None and manifest["family"] != "vlm":
+    if image is not None and manifest.family != "vlm":
         raise EdgeAttnError("--image needs a VLM export; this folder holds a text-only decoder")
     if image_tokens is not None:
         if image is None:
@@ -100,9 +100,9 @@ def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, i
     ids = list(tokenizer(prompts[0], verbose=False)["input_ids"])
     pixels = None
     if image is not None:
-        pixels = pixel_values(load_image(image), manifest["vision"])
-        count = image_tokens if image_tokens is not None else manifest["image_token_count"]
-        ids = [manifest["image_token_id"]] * count + ids
+        pixels = pixel_values(load_image(image), manifest.vision.preprocess())
+        count = image_tokens if image_tokens is not None else manifest.image_token_count
+        ids = [manifest.image_token_id] * count + ids
     check_generation_length(len(ids), max_new_tokens, position_limit(manifest, "decoder", tokenizer))
     runner = DecoderRunner(folder, manifest, threads=threads)
     gen = runner.generate(ids, max_new_tokens, pixels, num_tokens=image_tokens)
@@ -116,9 +116,9 @@ def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, i
     }
 
 
-def _check_image_tokens(manifest: dict[str, Any], image_tokens: int) -> None:
+def _check_image_tokens(manifest: Any, image_tokens: int) -> None:
     """--image-tokens: a run-time budget, from 1 to the tokens the image gives before pruning."""
-    pruning = manifest.get("pruning") or {}
+    pruning = manifest.pruning or {}
     if not pruning.get("dynamic_k"):
         raise EdgeAttnError("this export has a fixed image-token budget; --image-tokens needs one exported with "
                             "--prune METHOD:K,dynamic=1")
@@ -140,7 +140,7 @@ def _vision(folder: Path, manifest, image) -> dict[str, Any]:
 
     if image is None:
         raise EdgeAttnError("a vision encoder needs --image FILE")
-    out = encode_image(folder, manifest, pixel_values(load_image(image), manifest["vision"]))
+    out = encode_image(folder, manifest, pixel_values(load_image(image), manifest.vision.preprocess()))
     feats = out["outputs"]["image_features"]
     result = {"shape": list(feats.shape), "mean_feature": feats.mean(axis=1)[0].tolist(), "latency_ms": round(out["latency_ms"], 3)}
     if "kept_indices" in out["outputs"]:

@@ -13,6 +13,7 @@ import torch
 from edgeattn import __version__
 from edgeattn.errors import ExportError
 from edgeattn.exporter import manifest as mf
+from edgeattn.manifest import FORMAT, Manifest, read_manifest, write_manifest
 from edgeattn.exporter.capture import DEFAULT_OPSET, capture
 from edgeattn.exporter.components import Component, components_for
 from edgeattn.exporter.files import save_onnx, staged_folder
@@ -41,7 +42,7 @@ def _no_progress(_: str) -> ContextManager[None]:
 
 def export_model(
     model: str | LoadedModel, out: str | Path, options: ExportOptions = ExportOptions(), step: Step = _no_progress
-) -> dict[str, Any]:
+) -> Manifest:
     """Export every component of ``model`` into ``out`` and return the manifest written there."""
     out = Path(out)
     inputs = [Path(model)] if isinstance(model, str) and Path(model).exists() else []
@@ -69,17 +70,17 @@ def export_model(
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(stage / "tokenizer")
             manifest["tokenizer"] = "tokenizer"
-        mf.write_manifest(stage, manifest)
+        written = write_manifest(stage, manifest)
         if options.sparse:
-            manifest = sparsify_exported(stage, options, step)
-    return manifest
+            written = sparsify_exported(stage, options, step)
+    return written
 
 
-def sparsify_exported(stage: Path, options: ExportOptions, step: Step) -> dict[str, Any]:
+def sparsify_exported(stage: Path, options: ExportOptions, step: Step) -> Manifest:
     """Make the decoder's attention sparse (`--sparse`) in the staged folder; returns the new manifest."""
     with step(f"sparsify decoder.onnx ({' '.join(options.sparse)})"):
         sparsify_decoder(stage, options.sparse, options.recipe)
-    return mf.read_manifest(stage)
+    return read_manifest(stage)
 
 
 def export_component(
@@ -117,7 +118,7 @@ def base_manifest(loaded: LoadedModel, options: ExportOptions) -> dict[str, Any]
     from edgeattn.exporter.capture import ir_version_for
 
     return {
-        "format": mf.FORMAT,
+        "format": FORMAT,
         "edgeattn_version": __version__,
         "model": loaded.name,
         "family": loaded.family,

@@ -59,11 +59,11 @@ def sparsify_decoder(folder: Path, flags: tuple[str, ...] | list[str], recipe: A
     """`export --sparse`: make the attention of the folder's decoder sparse where it is (the decoder is
     rewritten and lowered for onnxruntime, then saved atomically) and record the flags, the recipe and
     what each site runs as in the manifest's ``sparse`` record. Returns the `SparseReport`."""
-    from edgeattn.exporter.manifest import read_manifest, write_manifest
+    from edgeattn.manifest import read_manifest, write_manifest
     from edgeattn.graphs import save
     from edgeattn.graphs.sparse.api import sparsify
 
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).to_json()
     decoder = manifest["components"]["decoder"]["file"]
     model, report = sparsify(folder / decoder, flags, recipe, component="decoder")
     save(model, folder / decoder)

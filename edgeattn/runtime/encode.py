@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.graphs.session import session_from_onnx
+from edgeattn.manifest import Manifest
 
 
 # One run embeds a padded batch: attention memory grows with rows x length^2, so both are bounded.
@@ -17,7 +18,7 @@ MAX_TEXTS = 256
 MAX_BATCH_TOKENS = 1 << 16
 
 
-def encode_texts(folder: Path, manifest: dict[str, Any], tokenizer: Any, texts: list[str]) -> dict[str, Any]:
+def encode_texts(folder: Path, manifest: Manifest, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
     """Sentence embeddings [len(texts), D] of a text encoder, with the wall time of the call."""
     from edgeattn.runtime.generate import position_limit
 
@@ -35,7 +36,7 @@ def encode_texts(folder: Path, manifest: dict[str, Any], tokenizer: Any, texts: 
     if rows * longest > MAX_BATCH_TOKENS:
         raise EdgeAttnError(f"the prompts make a batch of {rows} x {longest} tokens, more than {MAX_BATCH_TOKENS} "
                             "in one run; embed fewer or shorter texts at a time")
-    session = session_from_onnx(folder / manifest["components"]["encoder"]["file"])
+    session = session_from_onnx(folder / manifest.file_of("encoder"))
     feeds = {
         "input_ids": batch["input_ids"].astype(np.int64),
         "attention_mask": batch["attention_mask"].astype(np.int64),
@@ -46,8 +47,8 @@ def encode_texts(folder: Path, manifest: dict[str, Any], tokenizer: Any, texts: 
     return {"embedding": embedding, "tokens": int(feeds["input_ids"].size), "latency_ms": (time.perf_counter() - start) * 1e3}
 
 
-def encode_image(folder: Path, manifest: dict[str, Any], pixel_values: np.ndarray) -> dict[str, Any]:
-    session = session_from_onnx(folder / manifest["components"]["vision"]["file"])
+def encode_image(folder: Path, manifest: Manifest, pixel_values: np.ndarray) -> dict[str, Any]:
+    session = session_from_onnx(folder / manifest.file_of("vision"))
     names = [o.name for o in session.get_outputs()]
     inputs = {i.name: i for i in session.get_inputs()}
     feeds = {"pixel_values": pixel_values}

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.graphs.session import session_from_onnx
+from edgeattn.manifest import Manifest
 
 
 # --max-new-tokens is bounded even where the model's position count is unknown: a million tokens is
@@ -21,12 +22,15 @@ MAX_NEW_TOKENS = 1 << 20
 NO_LIMIT = 10**9
 
 
-def position_limit(manifest: dict[str, Any], section: str, tokenizer: Any = None) -> int | None:
+def position_limit(manifest: Manifest, section: str, tokenizer: Any = None) -> int | None:
     """How many positions the model in an exported folder has, where known: the manifest's record for the
     component (``section``: "decoder" or "encoder"), else the tokenizer's ``model_max_length``."""
-    info = manifest.get(section)
+    if section == "decoder" and manifest.decoder is not None:
+        info: Any = {"max_positions": manifest.decoder.max_positions, **manifest.decoder.extra}
+    else:
+        info = manifest.encoder or {}
     for key in ("max_position_embeddings", "max_positions"):
-        value = info.get(key) if isinstance(info, dict) else None
+        value = info.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < NO_LIMIT:
             return value
     value = getattr(tokenizer, "model_max_length", None)
@@ -63,16 +67,16 @@ class Generation:
 class DecoderRunner:
     """onnxruntime sessions for an exported decoder LM or VLM folder, created once and reused."""
 
-    def __init__(self, folder: str | Path, manifest: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(self, folder: str | Path, manifest: Manifest, threads: int | None = None) -> None:
         folder = Path(folder)
-        comps = manifest["components"]
-        if "decoder" not in comps or "embed" not in comps:
-            raise EdgeAttnError(f"{folder} holds no decoder (family {manifest.get('family')!r}); cannot generate")
+        comps = manifest.components
+        if "decoder" not in comps or "embed" not in comps or manifest.decoder is None:
+            raise EdgeAttnError(f"{folder} holds no decoder (family {manifest.family!r}); cannot generate")
         self.manifest = manifest
-        self.geometry = manifest["decoder"]
-        self.embed = session_from_onnx(folder / comps["embed"]["file"], threads=threads)
-        self.decoder = session_from_onnx(folder / comps["decoder"]["file"], threads=threads)
-        self.vision = session_from_onnx(folder / comps["vision"]["file"], threads=threads) if "vision" in comps else None
+        self.geometry = manifest.decoder
+        self.embed = session_from_onnx(folder / comps["embed"].file, threads=threads)
+        self.decoder = session_from_onnx(folder / comps["decoder"].file, threads=threads)
+        self.vision = session_from_onnx(folder / comps["vision"].file, threads=threads) if "vision" in comps else None
         self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self.extra_inputs = {i.name for i in self.decoder.get_inputs()} - {
             "inputs_embeds", "attention_mask", "position_ids", *self.past_names
@@ -94,7 +98,7 @@ class DecoderRunner:
         if num_tokens is not None:
             if "num_tokens" not in inputs:
                 raise EdgeAttnError("this vision component has a fixed token budget; re-export with --prune METHOD:K,dynamic=1")
-            limit = (self.manifest.get("pruning") or {}).get("tokens_before")
+            limit = (self.manifest.pruning or {}).get("tokens_before")
             if num_tokens < 1 or (limit is not None and num_tokens > limit):
                 raise EdgeAttnError(f"the image-token budget must be from 1 to {limit} (got {num_tokens})")
             feeds["num_tokens"] = np.array(num_tokens, np.int64)
@@ -113,7 +117,7 @@ class DecoderRunner:
             embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
         if features is None:
             return embeds
-        slots = np.flatnonzero(np.asarray(input_ids) == self.manifest["image_token_id"])
+        slots = np.flatnonzero(np.asarray(input_ids) == self.manifest.image_token_id)
         if len(slots) != features.shape[1]:
             raise EdgeAttnError(f"prompt has {len(slots)} image tokens but the image gives {features.shape[1]} features")
         embeds[0, slots] = features[0]
@@ -130,7 +134,7 @@ class DecoderRunner:
         features = embeds = text = None
         if pixel_values is not None and self.needs_prompt:  # text-guided pruning reads the prompt's embeddings
             embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
-            text = embeds[:, np.asarray(input_ids) != self.manifest["image_token_id"]]
+            text = embeds[:, np.asarray(input_ids) != self.manifest.image_token_id]
         if pixel_values is not None:
             vision_start = time.perf_counter()
             features = self.image_features(pixel_values, text, num_tokens)["image_features"]
@@ -143,7 +147,7 @@ class DecoderRunner:
         stages["prefill_ms"] = ttft - stages.get("vision_ms", 0.0)
         tokens = [token]
         step_start = time.perf_counter()
-        eos = set(self.geometry.get("eos_token_ids") or [])
+        eos = set(self.geometry.eos_token_ids)
         while len(tokens) < max_new_tokens and token not in eos:
             embeds = self.embed.run(None, {"input_ids": np.asarray([[token]], dtype=np.int64)})[0]
             logits, past = self._step(embeds, past, len(input_ids) + len(tokens) - 1)
@@ -154,7 +158,7 @@ class DecoderRunner:
 
     def _empty_past(self) -> list[np.ndarray]:
         g = self.geometry
-        return [np.zeros((1, g["num_kv_heads"], 0, g["head_size"]), dtype=np.float32) for _ in self.past_names]
+        return [np.zeros((1, g.num_kv_heads, 0, g.head_size), dtype=np.float32) for _ in self.past_names]
 
     def _step(self, embeds: np.ndarray, past: list[np.ndarray], offset: int) -> tuple[np.ndarray, list[np.ndarray]]:
         seq = embeds.shape[1]
