@@ -1,4 +1,5 @@
-"""Index ranges typed by users ("3", "0-11", "0,2,8-11", "0-1+5"): parsed with a bound before expanding.
+"""What users type in flags and recipes: index ranges ("3", "0-11", "0,2,8-11", "0-1+5") parsed with a
+bound before expanding, `name=value` lists, and numbers held to finite values within their range.
 
 A range is expanded into the indices it names only after its end is checked against a limit (no model has
 more layers or heads than these), so "0-99999999999" is a one-line error, not an exhausted memory.
@@ -6,14 +7,16 @@ more layers or heads than these), so "0-99999999999" is a one-line error, not an
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 MAX_LAYERS = 10_000  # layer indices: far above any real model (SmolLM2 has 30, large LLMs ~100)
 MAX_HEADS = 4_096  # head indices: far above any real model (64-128 query heads at most today)
 
 _PART = re.compile(r"^(\d{1,12})(?:-(\d{1,12}))?$")
 _SEPARATORS = re.compile(r"[,+;\s]+")
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def parse_index_ranges(text: str, *, limit: int, what: str) -> tuple[int, ...]:
@@ -44,4 +47,37 @@ def check_indices(values: Iterable[object], *, limit: int, what: str) -> tuple[i
     return tuple(sorted(set(values)))  # type: ignore[arg-type]
 
 
-__all__ = ["MAX_HEADS", "MAX_LAYERS", "check_indices", "parse_index_ranges"]
+def flag_items(rest: str, flag: str, text: str) -> list[tuple[str, str]]:
+    """`name=value,name=value` -> [(name, value)]; ValueError for an item without a value."""
+    items = []
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        name, eq, value = item.partition("=")
+        if not eq or not value.strip():
+            raise ValueError(f"{item!r} in {flag} {text!r} has no value; write name=value")
+        items.append((name.strip(), value.strip()))
+    return items
+
+
+def flag_value(raw: str) -> int | float | str:
+    """A value as typed: an int, a float (finite or not: `check_number` decides), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def check_number(name: str, value: Any, bounds: tuple[float, float] | None = None) -> None:
+    """ValueError unless `value` (when it is a number) is finite and within `bounds` (default: int64)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high = bounds or _INT64
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not a finite number")
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value!r} is out of range; it takes {low} to {high}")
+
+
+
+__all__ = ["MAX_HEADS", "MAX_LAYERS", "check_indices", "check_number", "flag_items", "flag_value", "parse_index_ranges"]

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from edgeattn.graphs.lower import lower
+from edgeattn.graphs.attach import attach_bodies
 from edgeattn.ops.registry import default_registry
 
 _TYPES = {np.dtype(np.float32): ir.DataType.FLOAT, np.dtype(np.int64): ir.DataType.INT64,
@@ -41,7 +41,7 @@ def single_node_model(op: str, inputs: Sequence[tuple[str, np.ndarray | None]], 
     graph = ir.Graph(graph_inputs, list(node.outputs), nodes=[node], opset_imports={"": opset, "edgeattn": 1},
                      name=f"one_{op}")
     model = ir.Model(graph, ir_version=10)
-    lower(model, "ort", default_registry())
+    attach_bodies(model, "ort", default_registry())
     return model
 
 

@@ -29,7 +29,7 @@ def op_model(
     arrays: list[np.ndarray], attrs: dict, opset: int = 17, target: str = "ort"
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A one-node model: edgeattn.Attention on graph inputs, lowered for `target`."""
-    from edgeattn.graphs.lower import lower
+    from edgeattn.graphs.attach import attach_bodies
 
     names = ["Q", "K", "V", "mask"][: len(arrays)]
     inputs = [ir.val(n, ir.DataType.from_numpy(a.dtype), ir.Shape(a.shape)) for n, a in zip(names, arrays)]
@@ -41,7 +41,7 @@ def op_model(
     out.shape = ir.Shape(shape) if shape is not None else None
     graph = ir.Graph(inputs, [out], nodes=[node], opset_imports={"": opset, "edgeattn": 1}, name="one_op")
     model = ir.Model(graph, ir_version=10)
-    lower(model, target, default_registry())  # type: ignore[arg-type]
+    attach_bodies(model, target, default_registry())  # type: ignore[arg-type]
     return ir.serde.serialize_model(model), dict(zip(names, arrays))
 
 

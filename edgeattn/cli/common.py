@@ -11,6 +11,13 @@ import click
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 
 
+def method_names(flag: str) -> str:
+    """The methods of `--prune` or `--sparse`, for help texts (from the one method registry)."""
+    from edgeattn.graphs.methods import methods
+
+    return ", ".join(m.name for m in methods() if m.flag == flag)
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 

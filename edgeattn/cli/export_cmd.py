@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgeattn.cli.common import emit_json, json_option, progress
+from edgeattn.cli.common import emit_json, json_option, method_names, progress
 
 
 @click.command(short_help="Export MODEL to validated ONNX components and a manifest.")
@@ -16,15 +16,15 @@ from edgeattn.cli.common import emit_json, json_option, progress
 @click.option("--no-validate", is_flag=True, help="Skip the parity check against PyTorch.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--prune", "prune", metavar="METHOD:K[,param=value...]",
-              help="Prune the visual tokens of the vision component to K (fastervlm, mean-received, holov, flashvlm, "
-                   "zeroth-order, random, uniform), e.g. fastervlm:64 or holov:64,regions=16.")
+              help=f"Prune the visual tokens of the vision component to K ({method_names('--prune')}), "
+                   "e.g. fastervlm:64 or holov:64,regions=16.")
 @click.option("--rewrite", is_flag=True, help="Rewrite every attention site into edgeattn ops after export.")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe (TOML) for that rewrite; implies --rewrite.")
 @click.option("--target", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="Runtime the rewritten graphs are written for.")
 @click.option("--sparse", "sparse", multiple=True, metavar="METHOD[:k=v,...]",
-              help="Sparse attention for the decoder, e.g. block:keep=0.25,block=64 or window:size=1024,sinks=4 "
-                   "or blasst:scale_factor=10 (repeatable).")
+              help=f"Sparse attention for the decoder ({method_names('--sparse')}), e.g. block:keep=0.25,block=64 "
+                   "or window:size=1024,sinks=4 or blasst:scale_factor=10 (repeatable).")
 @json_option
 def export(model: str, out: str, opset: int, no_validate: bool, force: bool, prune: str | None, rewrite: bool,
            recipe: str | None, target: str, sparse: tuple[str, ...], as_json: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgeattn.cli.common import emit_json, json_option, progress
+from edgeattn.cli.common import emit_json, json_option, method_names, progress
 from edgeattn.errors import GraphError
 
 _component_option = click.option(
@@ -52,14 +52,15 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
 @click.option("--external-data/--no-external-data", default=None,
               help="Write weights to OUT.data; default: as the input did, or when too large for one file.")
 @click.option("--sparse", "sparse", multiple=True, metavar="METHOD[:k=v,...]",
-              help="Sparse attention for the sites (repeatable, after --recipe): block:keep=0.25,block=64, "
-                   "window:size=1024,sinks=64, blasst:scale_factor=10, dense; each takes layers=, name=, heads=.")
+              help=f"Sparse attention for the sites ({method_names('--sparse')}; repeatable, after --recipe), e.g. "
+                   "block:keep=0.25,block=64, window:size=1024,sinks=64, blasst:scale_factor=10; each takes "
+                   "layers= and name=, block and window also heads=.")
 @click.option("--lowering", type=click.Choice(["fast", "function"]), default=None,
               help="ort: fast replaces the sites it can by graphs that compute less (exact); function keeps "
                    "every op with its function body. Default: fast with --sparse, function without.")
 @click.option("--prune", "prune", metavar="METHOD:K[,param=value...]",
-              help="Also prune the visual tokens of this vision-encoder graph to K (fastervlm, mean-received, holov, "
-                   "flashvlm, zeroth-order, random, uniform), as `export --prune` does.")
+              help=f"Also prune the visual tokens of this vision-encoder graph to K ({method_names('--prune')}), "
+                   "as `export --prune` does.")
 @_component_option
 @click.option("--force", is_flag=True, help="Replace OUT (and OUT.data) if it exists. IN is never replaced.")
 @json_option
@@ -105,7 +106,7 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
 
 
 def _has_edgeattn_nodes(model: Any) -> bool:
-    from edgeattn.graphs.lower import edgeattn_nodes
+    from edgeattn.graphs.attach import edgeattn_nodes
 
     return any(True for _ in edgeattn_nodes(model))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from edgeattn.graphs.detect import find_sites
 from edgeattn.graphs.io import as_model, load, save
-from edgeattn.graphs.lower import lower
+from edgeattn.graphs.attach import attach_bodies
 from edgeattn.graphs.passes import PipelineOptions, build_pipeline, rewrite, rewrite_file, run_pipeline
 from edgeattn.graphs.recipe import Recipe
 from edgeattn.graphs.report import RewriteReport, Site, SiteReport, Unmatched
@@ -28,7 +28,7 @@ __all__ = [
     "build_pipeline",
     "find_sites",
     "load",
-    "lower",
+    "attach_bodies",
     "rewrite",
     "rewrite_file",
     "run_pipeline",

@@ -32,7 +32,7 @@ from onnx_ir.passes import InPlacePass, PassError, PassResult, PreconditionError
 
 from edgeattn.errors import EdgeAttnError, GraphError
 from edgeattn.graphs.io import ModelLike, as_model, save
-from edgeattn.graphs.lower import TARGETS, Target, edgeattn_nodes, lower
+from edgeattn.graphs.attach import TARGETS, Target, edgeattn_nodes, attach_bodies
 from edgeattn.graphs.pipeline import RecipeLike, as_recipe, check_opset, finish_for_runtime, rewrite_sites
 from edgeattn.graphs.recipe import Recipe
 from edgeattn.graphs.report import RewriteReport
@@ -186,7 +186,7 @@ class AttachFunctionBodies(_Pass):
             raise GraphPreconditionError("the model imports no default ONNX opset; it cannot hold function bodies")
 
     def call(self, model: ir.Model) -> PassResult:
-        count = lower(model, self.target, self.registry)
+        count = attach_bodies(model, self.target, self.registry)
         finish_for_runtime(model)
         return self.result(model, count > 0)
 

@@ -20,7 +20,7 @@ from edgeattn.graphs.apply import apply_match
 from edgeattn.graphs.assign import assign_op
 from edgeattn.graphs.detect import detect
 from edgeattn.graphs.io import MAX_IR_VERSION, MIN_IR_VERSION
-from edgeattn.graphs.lower import TARGETS, Target
+from edgeattn.graphs.attach import TARGETS, Target
 from edgeattn.graphs.recipe import KEEP, Recipe
 from edgeattn.graphs.report import Rewritten, RewriteReport
 from edgeattn.graphs.shapes import ensure_shapes

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import onnx
 import onnx_ir as ir
+from edgeattn.ops.spec import DOMAIN
 
 _BIG_TENSOR_BYTES = 1024
 _FUSED_OPS = {"Attention", "MultiHeadAttention"}
@@ -26,7 +27,7 @@ def needs_shapes(model: ir.Model) -> bool:
         nodes = list(graph)
         has_softmax = any(node.op_type == "Softmax" for node in nodes)
         for node in nodes:
-            if node.domain == "edgeattn":
+            if node.domain == DOMAIN:
                 continue
             if node.op_type in _FUSED_OPS:
                 values = list(node.inputs)

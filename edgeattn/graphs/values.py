@@ -14,7 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx_ir as ir
 
-Dim = int | str | None
+from edgeattn.ops.dims import Dim, dims, static_dim  # noqa: F401 - re-exported: graph code reads dims here
+
 _MAX_DEPTH = 24
 _MAX_ELEMENTS = 64  # only small tensors are evaluated: scales, shapes, axes
 # Results of static_array / shape_vector during one outermost call: a value read by several nodes
@@ -40,30 +41,9 @@ def _memoized(fn: Callable[[Any, int], Any]) -> Callable[[Any, int], Any]:
     return wrapper
 
 
-def dims(value: ir.Value | None) -> list[Dim] | None:
-    """The dims of `value` (int static, str symbolic, None unknown), or None when its rank is unknown."""
-    if value is None or value.shape is None:
-        return None
-    out: list[Dim] = []
-    for dim in value.shape:
-        if isinstance(dim, int):
-            out.append(dim)
-        else:
-            out.append(dim.value if dim.value else None)
-    return out
-
-
 def rank(value: ir.Value | None) -> int | None:
     shape = dims(value)
     return None if shape is None else len(shape)
-
-
-def static_dim(value: ir.Value | None, axis: int) -> int | None:
-    shape = dims(value)
-    if shape is None or not -len(shape) <= axis < len(shape):
-        return None
-    dim = shape[axis]
-    return dim if isinstance(dim, int) else None
 
 
 def same_dim(a: Dim, b: Dim) -> bool:

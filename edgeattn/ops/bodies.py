@@ -20,7 +20,7 @@ import onnx_ir as ir
 INT64 = ir.DataType.INT64
 FLOAT = ir.DataType.FLOAT
 BOOL = ir.DataType.BOOL
-MIN_OPSET = 15  # CastLike (opset 15) keeps constants in the type of the data they meet
+CASTLIKE_OPSET = 15  # CastLike (opset 15) keeps constants in the type of the data they meet
 _SHAPE_SLICE_OPSET = 15  # Shape takes start/end from opset 15
 _AXES_AS_INPUT = 18  # ReduceMean/ReduceMax/ReduceMin/... take `axes` as an input from opset 18
 
@@ -31,7 +31,7 @@ class Nodes:
     `min_opset` is the oldest opset the bodies written with this class build for (subclasses that use
     no CastLike may lower it, down to 13); `bodies` names them in the error for older opsets."""
 
-    min_opset = MIN_OPSET
+    min_opset = CASTLIKE_OPSET
     bodies = "sparse attention bodies"
 
     def __init__(self, opset: int, prefix: str = "t") -> None:

@@ -36,7 +36,7 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Site:
+class LoweringSite:
     """One edgeattn node as a lowering sees it."""
 
     node: ir.Node
@@ -57,7 +57,7 @@ class Site:
         return str(canonical_dim(q_len)), str(canonical_dim(kv_len))
 
 
-def read_site(node: ir.Node, attrs: dict[str, Any], opset: int) -> Site | str:
+def read_site(node: ir.Node, attrs: dict[str, Any], opset: int) -> LoweringSite | str:
     """The site, or the reason the fast lowerings leave `node` to its function body."""
     if opset < ATTENTION_OPSET:
         return f"the fast lowerings use the opset-23 Attention op; the model imports opset {opset}"
@@ -78,7 +78,7 @@ def read_site(node: ir.Node, attrs: dict[str, Any], opset: int) -> Site | str:
     if q_heads is None or kv_heads is None or head_size is None or q_heads % kv_heads:
         return "the head counts and head size must be static"
     scale = float(attrs["scale"]) or 1.0 / float(np.sqrt(head_size))
-    return Site(node, query, key, value, mask, attrs, scale, q_heads // kv_heads)
+    return LoweringSite(node, query, key, value, mask, attrs, scale, q_heads // kv_heads)
 
 
 @dataclass
@@ -169,7 +169,7 @@ def flat_block_index(s: Nodes, key: ir.Value, n_kv: ir.Value) -> ir.Value:
     return s.op("Reshape", starts, s.vec(s.dim(key, 0), s.dim(key, 1), 1, 1))
 
 
-def causal_site(node: ir.Node, attrs: dict[str, Any], opset: int) -> Site | str:
+def causal_site(node: ir.Node, attrs: dict[str, Any], opset: int) -> LoweringSite | str:
     """The site when `node` is causal attention a fast lowering can take, else the reason it is not."""
     if int(attrs.get("causal", 0)) not in (1, 2):
         return "the fast lowerings need causal attention (causal = 1 or 2)"
@@ -195,5 +195,5 @@ def causal_mask(s: Nodes, rows: ir.Value, keys: ir.Value, first_position: ir.Val
     return s.op("And", causal, window)
 
 
-__all__ = ["ATTENTION_OPSET", "OrtLowering", "Plan", "SharedValues", "Site", "attention", "causal_mask", "causal_site",
+__all__ = ["ATTENTION_OPSET", "OrtLowering", "Plan", "SharedValues", "LoweringSite", "attention", "causal_mask", "causal_site",
            "if_else", "read_site"]

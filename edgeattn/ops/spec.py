@@ -8,9 +8,10 @@ arrays of ints or floats), so every op can be written as a TensorRT plugin node 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+from edgeattn.ranges import check_number
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -72,10 +73,8 @@ def _coerce_scalar(name: str, value: Any, expected: type) -> Any:
         return float(value)
     if not isinstance(value, expected):
         raise ValueError(f"attribute '{name}' takes a {expected.__name__}, got {_shown(value)}")
-    if expected is float and not math.isfinite(value):
-        raise ValueError(f"attribute '{name}' takes a finite float, got {value!r}")
-    if expected is int and not -_INT64 <= value < _INT64:
-        raise ValueError(f"attribute '{name}' takes a 64-bit integer, got {value!r}")
+    if expected in (int, float):
+        check_number(f"attribute '{name}'", value)  # finite, within int64: the same rule as every flag value
     if expected is str and len(value) > _MAX_STRING:
         raise ValueError(f"attribute '{name}' takes a string of at most {_MAX_STRING} characters")
     return value

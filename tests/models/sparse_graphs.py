@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from edgeattn.graphs.lower import lower
+from edgeattn.graphs.attach import attach_bodies
 from onnx_ir.passes import Sequential
 
 from edgeattn.graphs.passes import AttachFunctionBodies, LowerForOrt, PipelineRecord
@@ -75,7 +75,7 @@ def feeds_of(arrays: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
 def run_body(spec: OpSpec, arrays: Sequence[np.ndarray | None], attrs: dict[str, Any], outputs: int = 1) -> list:
     """The op through its function body (what onnxruntime inlines)."""
     model = op_model(spec, arrays, attrs, outputs)
-    lower(model, "ort", default_registry())
+    attach_bodies(model, "ort", default_registry())
     return session(model).run(None, feeds_of(arrays))
 
 

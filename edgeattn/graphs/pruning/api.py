@@ -7,7 +7,7 @@ import os
 import onnx_ir as ir
 
 from edgeattn.graphs.io import ModelLike, save
-from edgeattn.graphs.lower import Target
+from edgeattn.graphs.attach import Target
 from edgeattn.graphs.passes import PipelineOptions, run_pipeline
 from edgeattn.graphs.pruning.methods import PruneSpec, parse_prune
 from edgeattn.graphs.pruning.report import PruneReport

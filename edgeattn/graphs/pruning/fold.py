@@ -12,10 +12,11 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeattn.errors import PruningError
-from edgeattn.graphs.lower import Target, lower
+from edgeattn.graphs.attach import Target, attach_bodies
 from edgeattn.graphs.pruning.insert import BUDGET_INPUT, INDICES_OUTPUT
 from edgeattn.graphs.pruning.report import PRUNING_METADATA
 from edgeattn.ops.registry import default_registry
+from edgeattn.ops.spec import DOMAIN
 
 
 def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -> ir.Model:
@@ -29,7 +30,7 @@ def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -
             raise PruningError(f"{BUDGET_INPUT} has no default value; give k")
         k = int(np.asarray(budget.const_value.numpy()).reshape(()))
     for node in graph:
-        if node.domain == "edgeattn" and node.op_type == "TokenSelect" and len(node.inputs) > 2 \
+        if node.domain == DOMAIN and node.op_type == "TokenSelect" and len(node.inputs) > 2 \
                 and node.inputs[2] is budget:
             node.replace_input_with(2, None)
             while node.inputs and node.inputs[-1] is None:
@@ -38,7 +39,7 @@ def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -
             _fix_rows(node, int(k))
     graph.inputs.remove(budget)
     graph.initializers.pop(BUDGET_INPUT, None)
-    lower(model, target, default_registry())
+    attach_bodies(model, target, default_registry())
     text = model.metadata_props.get(PRUNING_METADATA)
     if text:
         record = json.loads(text)

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from edgeattn.errors import PruningError
 from edgeattn.graphs.detect import LAYER_TAG
 from edgeattn.graphs.io import MIN_IR_VERSION
-from edgeattn.graphs.lower import Target
+from edgeattn.graphs.attach import Target
 from edgeattn.graphs.pruning import baselines, debias
 from edgeattn.graphs.pruning.emit import Emitter
 from edgeattn.graphs.pruning.methods import PruneSpec

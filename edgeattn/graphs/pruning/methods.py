@@ -19,12 +19,11 @@ are listed in `METHODS`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeattn.errors import PruningError
-from edgeattn.ranges import MAX_LAYERS
+from edgeattn.ranges import MAX_LAYERS, check_number, flag_items
 
 MAX_TOKENS = 1 << 20  # a budget k beyond any image's token count (checked against the encoder later)
 
@@ -139,12 +138,10 @@ def parse_prune(text: str) -> PruneSpec:
         k = int(budget)
     except ValueError:
         raise PruningError(f"the budget in --prune {text!r} is {budget!r}, not a whole number of tokens") from None
-    params = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        name, eq, value = item.partition("=")
-        if not eq:
-            raise PruningError(f"parameter {item!r} in --prune {text!r} has no value; write name=value")
-        params[name.strip()] = value.strip()
+    try:
+        params = dict(flag_items(rest, "--prune", text))
+    except ValueError as err:
+        raise PruningError(str(err)) from None
     return make_spec(method, k, params)
 
 
@@ -177,10 +174,10 @@ def _convert(method: str, name: str, param: Param, value: Any) -> Any:
         value = float(value)
     if param.choices is not None and value not in param.choices:
         raise PruningError(f"{method} parameter {name} takes one of {list(param.choices)}, got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        low, high = param.bounds or (-(2**63), 2**63 - 1)
-        if not math.isfinite(value) or not low <= value <= high:
-            raise PruningError(f"{method} parameter {name}={value!r} is out of range; it takes {low} to {high}")
+    try:
+        check_number(name, value, param.bounds)
+    except ValueError as err:
+        raise PruningError(f"{method} parameter {err}") from None
     return value
 
 

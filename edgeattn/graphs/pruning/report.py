@@ -9,6 +9,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgeattn.graphs.pruning.methods import PruneSpec
+from edgeattn.ops.spec import DOMAIN
 
 PRUNING_METADATA = "edgeattn.pruning"  # model metadata: the report of the pass, as JSON
 
@@ -69,7 +70,7 @@ def pruning_nodes(model: ir.Model) -> list[dict[str, Any]]:
     input is reported with the input's name and its default."""
     rows = []
     for node in model.graph:
-        if node.domain != "edgeattn" or node.op_type not in ("TokenScore", "TokenSelect"):
+        if node.domain != DOMAIN or node.op_type not in ("TokenScore", "TokenSelect"):
             continue
         attrs = {name: attr.value for name, attr in node.attributes.items() if not attr.is_ref()}
         row: dict[str, Any] = {"node": node.name, "op": node.op_type, "rule": node.metadata_props.get("edgeattn.rule")}

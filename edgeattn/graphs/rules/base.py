@@ -15,12 +15,13 @@ from typing import Any, Callable
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 from onnxscript.rewriter._basics import MatchFailureError
+from edgeattn.ops.spec import DOMAIN
 
 Builder = Any  # the onnxscript rewriter's op builder (RewriterContext)
 InputsBuilder = Callable[[Builder], list["ir.Value | None"]]
 OutputFinisher = Callable[[Builder, ir.Value], ir.Value]
 
-EDGEATTN = "edgeattn"
+EDGEATTN = DOMAIN  # the domain of the nodes the rules write
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32 (subnormal); below it a scale rounds to 0
 

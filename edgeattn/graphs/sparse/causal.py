@@ -27,9 +27,9 @@ import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
 from edgeattn.ops.dims import canonical_dim
+from edgeattn.ops.spec import DOMAIN
 from edgeattn.graphs.values import dims
 
-_EDGEATTN = "edgeattn"
 _MAX_CONE_NODES = 200
 _SMALL = 1 << 16  # initializers larger than this (bytes) are not part of a geometry cone
 _TRIALS = 6
@@ -49,7 +49,7 @@ def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
     changed = []
     graph = model.graph
     for node in list(graph):
-        if node.domain != _EDGEATTN or node.op_type not in wanted or len(node.inputs) < 4:
+        if node.domain != DOMAIN or node.op_type not in wanted or len(node.inputs) < 4:
             continue
         mask, query, key = node.inputs[3], node.inputs[0], node.inputs[1]
         if mask is None or mask.dtype != ir.DataType.BOOL or node.attributes.get_int("causal", 0) != 0:

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from edgeattn.errors import RecipeError
 from edgeattn.graphs.detect import SITE_TAG
-from edgeattn.graphs.lower import call_facts
+from edgeattn.graphs.attach import call_facts
 from edgeattn.ops.registry import Registry
 from edgeattn.ops.spec import DOMAIN
 

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from edgeattn.errors import RecipeError
-from edgeattn.ranges import MAX_LAYERS, parse_index_ranges
+from edgeattn.ranges import MAX_LAYERS, flag_items, flag_value, parse_index_ranges
 from edgeattn.ops.registry import Registry, default_registry
 from edgeattn.ops.spec import OpSpec, SparseFlag
 
@@ -51,13 +51,12 @@ def parse_sparse_flag(text: str, registry: Registry | None = None) -> dict[str, 
     op, fixed, aliases = spec.name, dict(flag.fixed), dict(flag.aliases)
     settable = {a.name for a in spec.attributes if not a.from_site}
     entry: dict[str, Any] = {"op": op, **fixed}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not raw.strip():
-            raise RecipeError(f"--sparse {text!r}: '{item}' is not key=value; write e.g. {method}:"
-                              f"{next(iter(aliases), 'layers')}=...")
-        value = _value(raw.strip())
+    try:
+        items = flag_items(rest, "--sparse", text)
+    except ValueError as err:
+        raise RecipeError(f"{err}, e.g. {method}:{next(iter(aliases), 'layers')}=...") from None
+    for key, raw in items:
+        value = flag_value(raw)
         if key in SELECTORS:
             entry[key] = str(raw.strip())
             if key == "layers":  # checked (and bounded) here, so a bad range fails before the model is read
@@ -85,15 +84,6 @@ def parse_sparse_flag(text: str, registry: Registry | None = None) -> dict[str, 
 def sparse_recipe(flags: list[str] | tuple[str, ...], registry: Registry | None = None) -> dict[str, Any]:
     """A recipe (the dict form `rewrite` takes) from `--sparse` flags, in order."""
     return {"site": [parse_sparse_flag(flag, registry) for flag in flags]}
-
-
-def _value(raw: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def _coerce(spec: Any, name: str, value: Any, text: str) -> Any:

@@ -17,9 +17,9 @@ import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
 from edgeattn.graphs.detect import LAYER_TAG, LOWERED_TAG, SITE_TAG
-from edgeattn.graphs.lower import call_facts
+from edgeattn.graphs.attach import call_facts
 from edgeattn.ops.ort import OrtLowering, Plan, SharedValues
-from edgeattn.ops.spec import OpSpec
+from edgeattn.ops.spec import DOMAIN, OpSpec
 from edgeattn.ops.bodies import Nodes
 from edgeattn.ops.registry import Registry, default_registry
 
@@ -53,7 +53,7 @@ def lower_for_ort(model: ir.Model, settings: OrtLowering | None = None,
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     shared = SharedValues()
     report = []
-    for node in [n for n in model.graph if n.domain == "edgeattn"]:
+    for node in [n for n in model.graph if n.domain == DOMAIN]:
         spec = registry.find(node.domain, node.op_type)
         if spec is None or spec.kind != "attention":
             continue

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeattn.ops.attention.spec import ATTRIBUTES, NAME
-from edgeattn.ops.bodies import MIN_OPSET, Nodes, attention_scale, declared_attributes, merge_heads, split_heads
+from edgeattn.ops.bodies import CASTLIKE_OPSET, Nodes, attention_scale, declared_attributes, merge_heads, split_heads
 from edgeattn.ops.spec import DOMAIN, CallFacts, Target
 
 BOOL = int(ir.DataType.BOOL)
@@ -91,7 +91,7 @@ def variant_of(call: CallFacts) -> Variant:
 
 
 def _typed(opset: int, dtype: int | None) -> int | None:
-    if opset >= MIN_OPSET:  # CastLike
+    if opset >= CASTLIKE_OPSET:  # CastLike
         return None
     if dtype is None:
         raise ValueError(f"opset {opset} has no CastLike, and the element type of Q is unknown")

@@ -12,7 +12,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgeattn.ops.bodies import Nodes
-from edgeattn.ops.ort import OrtLowering, Plan, SharedValues, Site, attention, causal_mask, causal_site
+from edgeattn.ops.ort import OrtLowering, Plan, SharedValues, LoweringSite, attention, causal_mask, causal_site
 from edgeattn.ops.ort import if_else as _if
 
 
@@ -24,7 +24,7 @@ def ort_lowering(node: ir.Node, attrs: dict[str, Any], opset: int) -> Plan | str
     return Plan("causal-chunks", lambda b, shared, settings: lower_causal_dense(b, site, shared, settings))
 
 
-def lower_causal_dense(b: Nodes, site: Site, shared: SharedValues, settings: OrtLowering) -> ir.Value:
+def lower_causal_dense(b: Nodes, site: LoweringSite, shared: SharedValues, settings: OrtLowering) -> ir.Value:
     """Exact causal attention in query slices, each over its key prefix."""
     causal, chunks = int(site.attrs["causal"]), settings.chunks
     node, opset = site.node, b.opset

@@ -41,7 +41,7 @@ def _present(call: CallFacts, index: int) -> bool:
 def _mask_kind(call: CallFacts) -> str:
     if not _present(call, _MASK):
         return "none"
-    return "bool" if call.inputs[_MASK].dtype == int(BOOL) else "add"
+    return "bool" if call.inputs[_MASK].dtype == int(BOOL) else "additive"
 
 
 def function_key(call: CallFacts, target: Target) -> str:

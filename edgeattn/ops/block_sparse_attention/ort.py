@@ -21,7 +21,7 @@ import onnx_ir as ir
 from edgeattn.ops.ort import (
     Plan,
     SharedValues,
-    Site,
+    LoweringSite,
     attention,
     causal_mask,
     causal_site,
@@ -62,7 +62,7 @@ def ort_lowering(node: ir.Node, attrs: dict[str, Any], opset: int) -> Plan | str
 # -- block select -------------------------------------------------------------------------------------------
 
 
-def lower_block_select(b: Nodes, site: Site, shared: SharedValues) -> ir.Value:
+def lower_block_select(b: Nodes, site: LoweringSite, shared: SharedValues) -> ir.Value:
     """Top-k blocks from pooled scores, gathered, then dense attention over them."""
     attrs, node, opset = site.attrs, site.node, b.opset
     block, causal, group = int(attrs["block_size"]), int(attrs["causal"]), site.group
@@ -123,7 +123,7 @@ def _slot_counts(s: Nodes, attrs: dict, geo, avail: ir.Value, must: ir.Value) ->
     return s.op("Min", s.op("Max", forced_count, budget(s, attrs, None, geo)), available_count)
 
 
-def _block_select_layer(b: Nodes, site: Site, got: dict) -> ir.Value:
+def _block_select_layer(b: Nodes, site: LoweringSite, got: dict) -> ir.Value:
     attrs, geo = site.attrs, got["geo"]
     block, group = int(attrs["block_size"]), site.group
     probs = block_probabilities(b, site.query, site.key, geo, float(attrs["scale"]), str(attrs["key_pool"]),
@@ -135,7 +135,7 @@ def _block_select_layer(b: Nodes, site: Site, got: dict) -> ir.Value:
     return _gatheredattention(b, site, got, flat, geo, block, group)
 
 
-def _gatheredattention(b: Nodes, site: Site, got: dict, flat: ir.Value, geo, block: int, group: int) -> ir.Value:
+def _gatheredattention(b: Nodes, site: LoweringSite, got: dict, flat: ir.Value, geo, block: int, group: int) -> ir.Value:
     k = gather_blocks(b, site.key, geo.n_kv, block, geo.kv_len, flat, geo.n_q, got["slots"])
     v = gather_blocks(b, site.value, geo.n_kv, block, geo.kv_len, flat, geo.n_q, got["slots"])
     q = stack_query_rows(b, site.query, geo.front, geo.n_q, block, group, geo.q_len)
@@ -165,7 +165,7 @@ def _gatheredattention(b: Nodes, site: Site, got: dict, flat: ir.Value, geo, blo
     return out
 
 
-def _key_mask_pieces(s: Nodes, site: Site, geo) -> dict:
+def _key_mask_pieces(s: Nodes, site: LoweringSite, geo) -> dict:
     """Per graph: whether the key mask keeps every key, and the mask in blocks [B·Hkv·nKB, block]."""
     if site.key_mask is None:
         return {}
@@ -182,7 +182,7 @@ def _key_mask_pieces(s: Nodes, site: Site, geo) -> dict:
 # -- window ----------------------------------------------------------------------------------------------
 
 
-def lower_window(b: Nodes, site: Site, shared: SharedValues) -> ir.Value:
+def lower_window(b: Nodes, site: LoweringSite, shared: SharedValues) -> ir.Value:
     """Sliding window + sinks over statically indexed, gathered blocks."""
     attrs, opset = site.attrs, b.opset
     block, causal, group = int(attrs["block_size"]), int(attrs["causal"]), site.group

@@ -35,7 +35,7 @@ def function_key(call: CallFacts, target: Target) -> str:
 def _mask_kind(call: CallFacts) -> str:
     if len(call.inputs) <= 3 or not call.inputs[3].present:
         return "none"
-    return "bool" if call.inputs[3].dtype == int(BOOL) else "add"
+    return "bool" if call.inputs[3].dtype == int(BOOL) else "additive"
 
 
 def build_function(call: CallFacts, target: Target, overload: str) -> ir.Function:
@@ -92,7 +92,7 @@ def causal_valid(b: Nodes, causal: int, q_len: ir.Value, kv_len: ir.Value) -> tu
 def masked_scores(b: Nodes, scores: ir.Value, mask: ir.Value | None, mask_kind: str,
                   valid: ir.Value | None) -> ir.Value:
     """Scores with the mask added (additive) and -inf where a key is hidden (bool mask, causal)."""
-    if mask is not None and mask_kind == "add":
+    if mask is not None and mask_kind == "additive":
         scores = b.op("Add", scores, b.like(mask, scores))
     keep = valid
     if mask is not None and mask_kind == "bool":

@@ -14,11 +14,11 @@ import onnx_ir as ir
 
 from edgeattn.errors import GraphError
 from edgeattn.ops.registry import Registry
-from edgeattn.ops.spec import CallFacts, InputFacts, OpSpec
+from edgeattn.ops.spec import DOMAIN, CallFacts, InputFacts, OpSpec
 
 Target = Literal["ort", "trt"]
 TARGETS: tuple[str, ...] = ("ort", "trt")
-EDGEATTN = "edgeattn"
+EDGEATTN = DOMAIN
 _TRT_ATTRIBUTE_TYPES = {ir.AttributeType.INT, ir.AttributeType.FLOAT, ir.AttributeType.STRING,
                         ir.AttributeType.INTS, ir.AttributeType.FLOATS}
 
@@ -31,7 +31,7 @@ def edgeattn_nodes(model: ir.Model) -> Iterator[ir.Node]:
             yield from (node for node in function if node.domain == EDGEATTN)
 
 
-def lower(model: ir.Model, target: Target, registry: Registry) -> int:
+def attach_bodies(model: ir.Model, target: Target, registry: Registry) -> int:
     """Attach the bodies every edgeattn node needs and drop edgeattn bodies no node uses.
     Returns the number of edgeattn nodes."""
     if target not in TARGETS:
