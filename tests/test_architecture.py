@@ -165,3 +165,14 @@ def test_a_new_op_needs_its_folder_and_a_registry_line(tmp_path, monkeypatch) ->
     save(model, tmp_path / "toy.onnx")
     assert find_sites(load(tmp_path / "toy.onnx")).edgeattn_ops == {"ToyAttention": 2}
     assert parity(str(tmp_path / "model.onnx"), str(tmp_path / "toy.onnx"), golden.feeds()) < RTOL_FLOAT32
+
+
+def test_every_op_names_kernel_families_that_exist() -> None:
+    import importlib.util
+
+    from edgeattn.ops.registry import default_registry
+
+    for op in default_registry():
+        assert op.kernels, f"{op.name} names no kernel family"
+        for family in op.kernels:
+            assert importlib.util.find_spec(f"edgeattn.kernels.{family}") is not None, (op.name, family)

@@ -28,6 +28,7 @@ MAX_MESSAGE_CHARS = 500
 
 _ERRNO_ADVICE = {
     errno.ENOSPC: "free some disk space and run again",
+    errno.EFBIG: "the file system (or a size limit) refuses a file this large; free space or write elsewhere",
     errno.EDQUOT: "free some disk space and run again",
     errno.EACCES: "check the permissions of the file and its folder",
     errno.EPERM: "check the permissions of the file and its folder",
@@ -57,10 +58,10 @@ def describe_os_error(err: OSError) -> str:
     if err.errno is None and err.args:
         what = str(err.args[0])
     advice = _ERRNO_ADVICE.get(err.errno or -1, "check the path and the disk")
-    target = f" {where!s}" if where is not None else ""
-    if err.filename2 is not None:
-        target += f" -> {err.filename2!s}"
-    return f"cannot use{target}: {what}; {advice}"
+    if where is None:
+        return f"{what} while reading or writing a file; {advice}"
+    target = f"{where!s}" + (f" -> {err.filename2!s}" if err.filename2 is not None else "")
+    return f"cannot use {target}: {what}; {advice}"
 
 
 def terminate_like_interrupt() -> None:

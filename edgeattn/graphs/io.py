@@ -157,7 +157,8 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
             os.replace(staged_data, path.parent / data_name)
         os.replace(staged, path)
     except OSError as err:
-        advice = "free some disk space" if err.errno == errno.ENOSPC else "check the folder exists and is writable"
+        full = err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        advice = "free some disk space or write elsewhere" if full else "check the folder exists and is writable"
         raise GraphError(f"cannot write {path} ({err.strerror or err}); {advice}") from err
     finally:
         model.ir_version = original_ir_version

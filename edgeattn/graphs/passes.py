@@ -9,6 +9,7 @@ this fixed order, with the steps the options ask for:
     3. FactorCausalMasks     causal masks moved into the ops' `causal` attribute (exact)
     4. ExposeStatistics      skip ratio / density as graph outputs (calibration, inspect)
     5. PruneTokens           TokenScore + TokenSelect into a vision graph (visual-token pruning)
+    5b. FoldTunables         a tunable read from a graph input (the run-time budget) becomes an attribute
     6. LowerForOrt           nodes a fast onnxruntime lowering takes are replaced by it (exact)
     7. AttachFunctionBodies  the remaining edgeattn nodes get their function bodies (target ort), or
        TensorRTForm          the plugin form with the generic body as fallback (target trt)
@@ -70,6 +71,8 @@ class PipelineOptions:
     statistics: bool = False  # step 4
     prune: Any = None  # a pruning.PruneSpec: step 5
     prune_where: str = "the vision graph"  # how messages name the pruned graph
+    fold_budget: bool = False  # step 5b: the num_tokens input becomes TokenSelect's k
+    budget: int | None = None  # the k it gets (default: the input's default value)
     target: Target = "ort"
     lowering: Lowering = "function"  # "fast": step 6 (target ort)
     settings: Any = None  # sparse.ort_lowerings.OrtLowering for step 6
@@ -157,6 +160,20 @@ class PruneTokens(_Pass):
         return self.result(model, True)
 
 
+class FoldTunables(_Pass):
+    """The run-time budget input (`num_tokens`, export --prune ...,dynamic=1) folded into TokenSelect's k."""
+
+    def __init__(self, k: int | None = None, record: PipelineRecord | None = None) -> None:
+        super().__init__(record)
+        self.k = k
+
+    def call(self, model: ir.Model) -> PassResult:
+        from edgeattn.graphs.pruning.fold import fold_budget_input
+
+        fold_budget_input(model, self.k)
+        return self.result(model, True)
+
+
 class LowerForOrt(_Pass):
     def __init__(self, settings: Any = None, registry: Registry | None = None,
                  record: PipelineRecord | None = None) -> None:
@@ -215,6 +232,8 @@ def build_pipeline(options: PipelineOptions, record: PipelineRecord) -> Sequenti
         steps.append(ExposeStatistics(registry, record))
     if options.prune is not None:
         steps.append(PruneTokens(options.prune, options.prune_where, options.target, record))
+    if options.fold_budget:
+        steps.append(FoldTunables(options.budget, record))
     if options.target == "trt":
         steps.append(TensorRTForm(registry, record))
     else:
@@ -300,7 +319,8 @@ def has_edgeattn_nodes(model: ir.Model) -> bool:
 
 
 __all__ = [
-    "AttachFunctionBodies", "CheckSparse", "ExposeStatistics", "FactorCausalMasks", "GraphPreconditionError",
+    "AttachFunctionBodies", "CheckSparse", "ExposeStatistics", "FactorCausalMasks", "FoldTunables",
+    "GraphPreconditionError",
     "LowerForOrt", "PipelineOptions", "PipelineRecord", "PruneTokens", "RewriteSites", "TensorRTForm",
     "build_pipeline", "combined_recipe", "rewrite", "rewrite_file", "run_pipeline",
 ]

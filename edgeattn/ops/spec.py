@@ -165,6 +165,7 @@ class OpSpec:
     ort_lowering: OrtLoweringHook | None = None  # a cheaper exact onnxruntime graph (see ops.ort)
     sparse_flags: tuple[SparseFlag, ...] = ()  # the --sparse methods that choose this op
     note: str | None = None  # what `inspect` tells a user who finds this op in a graph
+    kernels: tuple[str, ...] = ()  # the kernel families (edgeattn.kernels.<family>) that compute it on a GPU
 
     @property
     def statistics_output(self) -> str | None:
@@ -250,6 +251,7 @@ def declare(
     sparse_flags: tuple[SparseFlag, ...] = (),
     note: str | None = None,
     check: AttributeCheck | None = None,
+    kernels: tuple[str, ...] = (),
 ) -> OpSpec:
     """The OpSpec of an op package whose ``spec`` module holds NAME, DOC, INPUTS, OUTPUTS, ATTRIBUTES and
     ``infer_shapes`` (every package follows that layout), and ``check_attributes`` when the op has ranges
@@ -272,4 +274,5 @@ def declare(
         ort_lowering=ort_lowering,
         sparse_flags=sparse_flags,
         note=note,
+        kernels=kernels,
     )

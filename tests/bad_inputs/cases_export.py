@@ -40,6 +40,8 @@ CASES = [
     Case("export-force-over-user-folder", _export("mine", "--force", before=_user_folder), "not an edgeattn export"),
     Case("export-out-is-file", _export("afile", "--force", before=lambda f: (f / "afile").write_text("x")),
          "is a file"),
+    Case("export-disk-full", lambda f: ["export", "demo:tiny-llama", "--out", "o", "--no-validate"],
+         "free space or write elsewhere", file_size=64 * 1024),
     Case("export-unknown-demo", lambda f: ["export", "demo:nope", "--out", "o"], "nope", ("o",)),
     Case("export-missing-folder", lambda f: ["export", "no/such/model", "--out", "o"], "does not exist", ("o",)),
     Case("export-bad-opset", _export("o", "--opset", "99"), "opset"),

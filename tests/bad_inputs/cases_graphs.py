@@ -73,6 +73,17 @@ def _dim_bomb(folder: Path) -> list[str]:
     return ["rewrite", "model.onnx", "out.onnx", "--sparse", "window:size=nan"]
 
 
+def _large_model(folder: Path) -> list[str]:
+    """An attention graph carrying 4 MB of weights, so its output cannot fit a nearly full disk."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = attention_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1 << 20, np.float32), "ballast"))
+    onnx.save_model(model, folder / "model.onnx")
+    return ["rewrite", "model.onnx", "out.onnx"]
+
+
 CASES = [
     Case("inspect-empty-file", _bytes(b""), "empty"),
     Case("inspect-random-bytes", _bytes(os.urandom(0) + bytes(range(256)) * 4), "cannot read"),
@@ -124,4 +135,5 @@ CASES = [
     Case("prune-layer-absurd", _rewrite("--prune", "fastervlm:4,layer=99999999999"), "out of range"),
     Case("rewrite-bad-target", _rewrite("--target", "gpu"), "--target"),
     Case("rewrite-unknown-option", _rewrite("--frobnicate"), "frobnicate"),
+    Case("rewrite-disk-full", _large_model, "free some disk space", file_size=1 << 20),
 ]

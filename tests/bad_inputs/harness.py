@@ -40,6 +40,7 @@ class Case:
     outputs: tuple[str, ...] = ()  # paths (relative to the folder) the command may create or remove
     stdin: bytes | None = None
     env: dict[str, str] = field(default_factory=dict)
+    file_size: int | None = None  # RLIMIT_FSIZE in bytes: a disk that fills up after this many
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -103,7 +104,8 @@ def run_case(case: Case, base: Path) -> str:
         stdin.write_bytes(case.stdin)
     answer = _zygote().run({"args": args, "cwd": str(folder), "env": env, "stdin": str(stdin) if stdin else None,
                             "stdout": str(streams / "stdout"), "stderr": str(streams / "stderr"),
-                            "timeout": TIMEOUT_S, "address_space": ADDRESS_SPACE_BYTES})
+                            "timeout": TIMEOUT_S, "address_space": ADDRESS_SPACE_BYTES,
+                            "file_size": case.file_size})
     if answer["timed_out"]:
         raise AssertionError(f"{case.name}: no answer within {TIMEOUT_S} s (a hang)")
     seconds, returncode = answer["seconds"], answer["returncode"]

@@ -3,7 +3,7 @@
 Importing torch and transformers costs seconds; a case costs milliseconds. The zygote imports them before
 any thread starts (nothing runs yet, so forking is safe), then reads one JSON request per line on stdin:
 {"args": [...], "cwd": ..., "env": {...}, "stdin": path|null, "stdout": path, "stderr": path,
-"timeout": s, "address_space": bytes}. For each it forks a child that sets the limits, enters the
+"timeout": s, "address_space": bytes, "file_size": bytes|null}. For each it forks a child that sets the limits, enters the
 case folder and runs the real CLI entry point (`edgeattn.cli.main.main`), and answers one JSON line:
 {"returncode": int, "timed_out": bool, "seconds": float}.
 """
@@ -37,6 +37,9 @@ def _child(request: dict) -> None:
     try:
         resource.setrlimit(resource.RLIMIT_AS, (request["address_space"],) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if request.get("file_size") is not None:  # a full disk: writes past this size fail with EFBIG
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (request["file_size"],) * 2)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])

@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-from edgeattn.graphs.pruning.fold import fold_budget
-from edgeattn.graphs.pruning.api import prune, prune_file
+from edgeattn.graphs.pruning.api import fold_budget, prune, prune_file
 from edgeattn.graphs.pruning.methods import METHODS, PruneSpec, describe_methods, make_spec, parse_prune
 from edgeattn.graphs.pruning.report import POSITIONS, PruneReport, pruning_nodes, read_report
 

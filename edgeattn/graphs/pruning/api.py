@@ -1,4 +1,5 @@
-"""`prune` and `prune_file`: the pipeline (`edgeattn.graphs.passes`) with the pruning step only."""
+"""`prune`, `prune_file` and `fold_budget`: the pipeline (`edgeattn.graphs.passes`) with the pruning step
+(or the budget fold) only."""
 
 from __future__ import annotations
 
@@ -32,3 +33,10 @@ def prune_file(source: str | os.PathLike, destination: str | os.PathLike, spec: 
     model, report = prune(source, spec, target, where=os.path.basename(str(source)))
     save(model, destination, external_data=external_data)
     return report
+
+
+def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -> ir.Model:
+    """Replace a dynamic export's `num_tokens` input by the attribute k (default: the input's default
+    value) and lower for `target` (TensorRT needs the static budget)."""
+    model, _ = run_pipeline(model, PipelineOptions(rewrite=False, fold_budget=True, budget=k, target=target))
+    return model

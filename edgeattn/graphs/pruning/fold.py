@@ -12,15 +12,14 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeattn.errors import PruningError
-from edgeattn.graphs.attach import Target, attach_bodies
 from edgeattn.graphs.pruning.insert import BUDGET_INPUT, INDICES_OUTPUT
 from edgeattn.graphs.pruning.report import PRUNING_METADATA
-from edgeattn.ops.registry import default_registry
 from edgeattn.ops.spec import DOMAIN
 
 
-def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -> ir.Model:
-    """Replace the `num_tokens` input by the attribute k (default: the input's default value)."""
+def fold_budget_input(model: ir.Model, k: int | None = None) -> int:
+    """Replace the `num_tokens` input by the attribute k (default: the input's default value); returns k.
+    No lowering: the pipeline attaches the bodies last (`fold_budget` in pruning/api.py runs it)."""
     graph = model.graph
     budget = next((v for v in graph.inputs if v.name == BUDGET_INPUT), None)
     if budget is None:
@@ -39,13 +38,12 @@ def fold_budget(model: ir.Model, k: int | None = None, target: Target = "ort") -
             _fix_rows(node, int(k))
     graph.inputs.remove(budget)
     graph.initializers.pop(BUDGET_INPUT, None)
-    attach_bodies(model, target, default_registry())
     text = model.metadata_props.get(PRUNING_METADATA)
     if text:
         record = json.loads(text)
         record.update(k=int(k), params={**record["params"], "dynamic": 0})
         model.metadata_props[PRUNING_METADATA] = json.dumps(record)
-    return model
+    return int(k)
 
 
 def _fix_rows(node: ir.Node, k: int) -> None:

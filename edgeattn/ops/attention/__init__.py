@@ -11,6 +11,6 @@ from edgeattn.ops.spec import SparseFlag, declare, lazy
 SPEC = declare(spec, kind="attention", reference=attention_reference, function_key=function_key,
                build_function=build_function, to_trt_form=to_trt_form,
                ort_lowering=lazy("edgeattn.ops.attention.ort", "ort_lowering"),
-               sparse_flags=(SparseFlag("dense", "edgeattn.Attention (the exact causal-aware lowering)"),))
+               sparse_flags=(SparseFlag("dense", "edgeattn.Attention (the exact causal-aware lowering)"),), kernels=("skip_softmax",))
 
 __all__ = ["SPEC", "attention_reference"]

@@ -10,6 +10,6 @@ from edgeattn.ops.spec import declare, lazy
 SPEC = declare(spec, kind="select", reference=lazy("edgeattn.ops.block_select.reference",
                                  "block_select_reference"),
                function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",),
-               check=spec.check_selection)
+               check=spec.check_selection, kernels=("block_sparse",))
 
 __all__ = ["SPEC"]

@@ -20,6 +20,6 @@ SPEC = declare(spec, kind="attention", reference=lazy("edgeattn.ops.block_sparse
                                  "block_sparse_attention_reference"),
                function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",),
                check_site=spec.check_site, ort_lowering=lazy("edgeattn.ops.block_sparse_attention.ort", "ort_lowering"),
-               sparse_flags=FLAGS)
+               sparse_flags=FLAGS, kernels=("block_sparse",))
 
 __all__ = ["SPEC"]

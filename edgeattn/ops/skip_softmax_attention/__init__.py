@@ -24,6 +24,6 @@ SPEC = declare(spec, kind="attention", reference=lazy("edgeattn.ops.skip_softmax
                function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",),
                ort_lowering=ort_lowering, note=NOTE,
                sparse_flags=(SparseFlag("blasst", "SkipSoftmaxAttention (BLASST), λ = scale_factor / Lkv",
-                                        aliases={"sf": "scale_factor", "splits": "num_splits"}),))
+                                        aliases={"sf": "scale_factor", "splits": "num_splits"}),), kernels=("skip_softmax",))
 
 __all__ = ["SPEC"]

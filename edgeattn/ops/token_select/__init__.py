@@ -9,6 +9,6 @@ from edgeattn.ops.token_select.trt import to_trt_form
 from edgeattn.ops.spec import declare
 
 SPEC = declare(spec, kind="pruning", reference=token_select_reference, function_key=function_key,
-               build_function=build_function, to_trt_form=to_trt_form)
+               build_function=build_function, to_trt_form=to_trt_form, kernels=("tokens",))
 
 __all__ = ["SPEC", "token_select_reference"]
