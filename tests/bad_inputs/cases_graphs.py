@@ -130,7 +130,7 @@ CASES = [
     Case("sparse-unknown-method", _rewrite("--sparse", "magic:x=1"), "names no method"),
     Case("dim-name-bomb", _dim_bomb, "window"),
     Case("prune-budget-absurd", _rewrite("--prune", "fastervlm:99999999999999"), "budget k"),
-    Case("prune-nan-parameter", _rewrite("--prune", "flashvlm:4,eta=nan"), "out of range"),
+    Case("prune-nan-parameter", _rewrite("--prune", "flashvlm:4,eta=nan"), "not a finite number"),
     Case("prune-huge-directions", _rewrite("--prune", "zeroth-order:4,directions=100000000"), "out of range"),
     Case("prune-layer-absurd", _rewrite("--prune", "fastervlm:4,layer=99999999999"), "out of range"),
     Case("rewrite-bad-target", _rewrite("--target", "gpu"), "--target"),
