@@ -69,10 +69,11 @@ def flag_value(raw: str) -> int | float | str:
 
 
 def check_number(name: str, value: Any, bounds: tuple[float, float] | None = None) -> None:
-    """ValueError unless `value` (when it is a number) is finite and within `bounds` (default: int64)."""
+    """ValueError unless `value` (when it is a number) is finite and within `bounds` (default: int64 for an
+    int, any finite value for a float)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    low, high = bounds or _INT64
+    low, high = bounds or (_INT64 if isinstance(value, int) else (-math.inf, math.inf))
     if not math.isfinite(value):
         raise ValueError(f"{name}={value!r} is not a finite number")
     if not low <= value <= high:

@@ -74,7 +74,7 @@ def _coerce_scalar(name: str, value: Any, expected: type) -> Any:
     if not isinstance(value, expected):
         raise ValueError(f"attribute '{name}' takes a {expected.__name__}, got {_shown(value)}")
     if expected in (int, float):
-        check_number(f"attribute '{name}'", value)  # finite, within int64: the same rule as every flag value
+        check_number(f"attribute '{name}'", value)  # finite (a float), within int64 (an int): as every flag value
     if expected is str and len(value) > _MAX_STRING:
         raise ValueError(f"attribute '{name}' takes a string of at most {_MAX_STRING} characters")
     return value
