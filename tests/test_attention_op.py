@@ -139,11 +139,15 @@ def test_trt_form_is_one_generic_body_named_like_the_plugin() -> None:
     arrays = random_case(np.random.default_rng(3), 3, 4, 2, 8, 5, 7, "bool", (5, 7))
     model, _ = op_model(arrays, {"causal": 2, "q_num_heads": 4, "kv_num_heads": 2}, 17, "trt")
     nodes = [n for n in model.graph.node if n.domain == "edgeattn"]
-    assert [(n.op_type, n.overload) for n in nodes] == [("Attention", "")]
+    # TensorRT's parser takes `Attention` for the standard op whatever the domain: the plugin is EdgeAttention
+    assert [(n.op_type, n.overload) for n in nodes] == [("EdgeAttention", "")]
     assert len(nodes[0].input) == 4  # Q, K, V and the always-present additive mask
-    kinds = {a.type for a in nodes[0].attribute}
+    attributes = {a.name: a for a in nodes[0].attribute}
+    assert onnx.helper.get_attribute_value(attributes.pop("plugin_namespace")) == b"edgeattn"
+    assert onnx.helper.get_attribute_value(attributes.pop("plugin_version")) == b"1"
+    kinds = {a.type for a in attributes.values()}
     assert kinds <= {onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT}
-    assert [(f.domain, f.name, f.overload) for f in model.functions] == [("edgeattn", "Attention", "")]
+    assert [(f.domain, f.name, f.overload) for f in model.functions] == [("edgeattn", "EdgeAttention", "")]
 
 
 def test_fully_masked_rows_output_zeros() -> None:

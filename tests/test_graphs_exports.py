@@ -266,7 +266,7 @@ def test_trt_target_keeps_parity_through_the_fallback_bodies(name: str, exports:
     onnx.checker.check_model(proto, full_check=True)
     nodes = [n for n in proto.graph.node if n.domain == "edgeattn"]
     assert len(nodes) == layers and {n.overload for n in nodes} == {""}
-    assert [(f.name, f.overload) for f in proto.functions] == [("Attention", "")]
+    assert [(f.name, f.overload) for f in proto.functions] == [("EdgeAttention", "")]  # the TensorRT form's name
     assert parity(str(path), str(out), feeds(3)) < RTOL_FLOAT32
 
 

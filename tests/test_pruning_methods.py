@@ -272,7 +272,7 @@ def test_tensorrt_form_needs_a_static_budget():
 
     encoder = tiny_encoder()
     model, _ = prune(ir.serde.deserialize_model(encoder.model), "holov:4,regions=4", target="trt")
-    select = next(n for n in model.graph if n.op_type == "TokenSelect")
+    select = next(n for n in model.graph if n.op_type == "EdgeTokenSelect")  # the TensorRT form's name
     assert select.attributes["k"].value == 4 and select.attributes["mode"].value == "regions"
     assert len(select.inputs) == 2  # scores, features: no run-time budget
     with pytest.raises(GraphError, match="TensorRT plugins need it as an attribute"):
@@ -287,7 +287,7 @@ def test_a_run_time_budget_folds_into_the_attribute():
     model, _ = prune(ir.serde.deserialize_model(encoder.model), f"fastervlm:{K},dynamic=1")
     model = fold_budget(model, 3, target="trt")
     assert [v.name for v in model.graph.inputs] == ["tokens"]
-    select = next(n for n in model.graph if n.op_type == "TokenSelect")
+    select = next(n for n in model.graph if n.op_type == "EdgeTokenSelect")  # the TensorRT form's name
     assert select.attributes["k"].value == 3 and len(select.inputs) == 2
     assert read_report(model)["k"] == 3
     import onnxruntime as ort

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "edgeattn.cli.graph_cmds:inspect",
     "rewrite": "edgeattn.cli.graph_cmds:rewrite",
     "ops": "edgeattn.cli.graph_cmds:ops",
+    "compile": "edgeattn.cli.compile_cmd:compile_command",
 }
 
 HELP = {
@@ -27,6 +28,7 @@ HELP = {
     "inspect": "List the attention sites and edgeattn ops of an ONNX file.",
     "rewrite": "Rewrite the attention sites of an ONNX file into edgeattn ops.",
     "ops": "List the registered edgeattn ops and their attributes.",
+    "compile": "Build TensorRT engines from an exported folder or an ONNX file.",
 }
 
 

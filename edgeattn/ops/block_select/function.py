@@ -240,7 +240,11 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
 
 
 def to_trt_form(node: ir.Node) -> None:
-    raise ValueError(f"BlockSelect has no TensorRT plugin yet; {node.name} runs only with --target ort")
+    """The TensorRT form takes the node as it is (a budget or threshold read from an input is refused before
+    this is called); only Q's element type must be known."""
+    query = node.inputs[0] if node.inputs else None
+    if query is None or query.dtype is None:
+        raise ValueError(f"the element type of Q of {node.name} is unknown")
 
 
 __all__ = ["BlockGeometry", "build_function", "function_key", "geometry", "select", "to_trt_form"]

@@ -3,8 +3,9 @@
 Specialised on the mode, on whether k comes from the attribute or the `num_tokens` input, on whether
 `keys` is given and on `keep_prefix`; the numbers (k, prefix, region count, alpha, ...) come from the
 node's attributes by reference. Every ordering is a TopK, whose ties go to the lower position, and the
-kept positions are sorted ascending with one more TopK. The greedy rules are ONNX Loops: the
-de-duplication loop carries the shrinking residual list, the max-min loop the growing kept list.
+kept positions are sorted ascending with one more TopK. The greedy rules are ONNX Loops whose carried
+values keep their shape (TensorRT's loops require it): the de-duplication loop carries a fixed-length
+residual list with its live count, the max-min loop one distance row that marks the kept tokens.
 """
 
 from __future__ import annotations
@@ -146,7 +147,12 @@ def _chunk_variance(body: TokenNodes, cos: ir.Value, others: ir.Value) -> ir.Val
 
 
 def _diversity(body: TokenNodes, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
-    """VisPruner / FlashVLM: top ⌊k·ratio⌋ by score, then bipartite de-duplication of the rest."""
+    """VisPruner / FlashVLM: top ⌊k·ratio⌋ by score, then bipartite de-duplication of the rest.
+
+    The residual tokens are held in a list of fixed length (TensorRT's loops need carried values of fixed
+    shape) whose first `size` entries are the live ones: a round puts the surviving even entries first (by
+    decreasing similarity to their nearest odd entry, as the reference orders them), then the odd ones,
+    then the rest, and shrinks `size`."""
     n = body.dim(scores, 1)
     important = body.cast(body.op("Floor", body.op("Mul", body.cast(k, FLOAT), body.ref_float("important_ratio"))),
                           INT64)
@@ -155,53 +161,78 @@ def _diversity(body: TokenNodes, scores: ir.Value, keys: ir.Value, k: ir.Value) 
     kept = body.op("Slice", order, body.i64(0), body.vec(important), body.i64(1))
     residual = body.op("Slice", order, body.vec(important), body.i64(_END), body.i64(1))
     step = body.cast(body.ref_int("dedup_step"), INT64)
+    length = body.dim(residual, 1)
+    places = body.arange(length)  # [R]
+    odd_place = body.op("Equal", body.op("Mod", places, body.const(np.int64(2))), body.const(np.int64(1)))
+    half = body.to_float(body.op("Div", places, body.const(np.int64(2))))
+    rest = body.op("Add", body.to_float(places), body.to_float(length))  # after every live entry, in place order
+    earlier = body.op("Less", body.unsqueeze(places, 0), body.unsqueeze(places, 1))  # [p, j]: j < p
 
     def dedup(inner: TokenNodes, _: ir.Value, carried: list[ir.Value]) -> tuple[list[ir.Value], ir.Value]:
-        current = carried[0]
-        size = inner.dim(current, 1)
+        current, size = carried
         drop = inner.op("Min", step, inner.op("Sub", size, diverse))
-        even = inner.op("Slice", current, inner.i64(0), inner.i64(_END), inner.i64(1), inner.i64(2))
-        odd = inner.op("Slice", current, inner.i64(1), inner.i64(_END), inner.i64(1), inner.i64(2))
-        similar = inner.cosine(inner.gather_rows(keys, even), inner.gather_rows(keys, odd))
-        best = inner.reduce("Max", similar, [-1])
-        _, by_similarity = inner.stable_order(best, inner.dim(even, 1))
-        survivors = inner.op("Slice", by_similarity, inner.vec(drop), inner.i64(_END), inner.i64(1))
-        kept_even = inner.op("GatherElements", even, survivors, axis=1)
-        remaining = inner.op("Concat", kept_even, odd, axis=1)
-        return [remaining], inner.op("Greater", inner.dim(remaining, 1), diverse)
+        live = inner.op("Less", places, size)
+        evens = inner.op("And", live, inner.op("Not", odd_place))
+        odds = inner.op("And", live, odd_place)
+        similar = inner.cosine(inner.gather_rows(keys, current))  # [B, R, R]
+        best = inner.reduce("Max", inner.where_inf(odds, similar), [-1])  # [B, R]: nearest odd entry
+        row, col = inner.unsqueeze(best, 2), inner.unsqueeze(best, 1)
+        ahead = inner.op("Or", inner.op("Greater", col, row), inner.op("And", inner.op("Equal", col, row), earlier))
+        rank = inner.reduce("Sum", inner.cast(inner.op("And", ahead, evens), FLOAT), [-1])  # among the evens
+        dropped = inner.op("Min", drop, inner.op("Div", inner.op("Add", size, inner.const(np.int64(1))),
+                                                 inner.const(np.int64(2))))
+        surviving_evens = inner.op("Sub", inner.op("Div", inner.op("Add", size, inner.const(np.int64(1))),
+                                                   inner.const(np.int64(2))), dropped)
+        drop_float = inner.to_float(drop)
+        survives = inner.op("And", evens, inner.op("GreaterOrEqual", rank, drop_float))
+        odd_key = inner.op("Add", inner.to_float(surviving_evens), half)
+        key = inner.op("Where", survives, inner.op("Sub", rank, drop_float), inner.op("Where", odds, odd_key, rest))
+        _, moved = inner.stable_order(key, length, largest=0)
+        remaining = inner.op("Sub", size, dropped)
+        return [inner.op("GatherElements", current, moved, axis=1), remaining], inner.op("Greater", remaining, diverse)
 
     # Rounds drop min(dedup_step, excess) even tokens, or all of them when fewer: loop while in excess.
-    more = body.op("Greater", body.dim(residual, 1), diverse)
-    (residual,) = body.loop(None, [residual], dedup, condition=more, types=[(ir.DataType.INT64, 2)])
+    more = body.op("Greater", length, diverse)
+    residual, size = body.loop(None, [residual, length], dedup, condition=more,
+                               types=[(ir.DataType.INT64, 2), (ir.DataType.INT64, 0)])
+    residual = body.op("Slice", residual, body.i64(0), body.vec(size), body.i64(1))
     return body.op("Concat", kept, residual, axis=1)
 
 
 def _maxmin(body: TokenNodes, scores: ir.Value, keys: ir.Value, k: ir.Value) -> ir.Value:
-    """ZOO-Prune SADS: greedy argmax of minmax(score) x min cosine distance to the kept tokens."""
+    """ZOO-Prune SADS: greedy argmax of minmax(score) x min cosine distance to the kept tokens.
+
+    The loop carries one tensor of fixed shape, the distance of each token to the nearest kept one, with -1
+    at the kept tokens (distances are >= 0), and the picks are read back from it after the loop: TensorRT's
+    loops need carried values of fixed shape, and TensorRT-RTX 1.7 fails to compile a loop with a carried
+    value nothing reads afterwards."""
     low = body.reduce("Min", scores, [-1], keepdims=1)
     high = body.reduce("Max", scores, [-1], keepdims=1)
     scaled = body.op("Div", body.op("Sub", scores, low),
                      body.op("Add", body.op("Sub", high, low), body.const(np.float32(1e-8))))
     weight = body.op("Where", body.op("Greater", high, low), scaled, body.const(np.float32(1)))
     distance = body.op("Sub", body.const(np.float32(1)), body.cosine(keys))  # [B, N, N]
-    pos = body.arange(body.dim(scores, 1))
+    pos = body.unsqueeze(body.arange(body.dim(scores, 1)), 0)  # [1, N]
+    kept = body.const(np.float32(-1))
+
+    def keep(nodes: TokenNodes, near: ir.Value, index: ir.Value) -> ir.Value:
+        return nodes.op("Where", nodes.op("Equal", pos, index), kept, near)
+
     first = body.op("ArgMax", weight, axis=1, keepdims=1)  # [B, 1]
-    nearest = _distance_row(body, distance, first)
-    taken = body.cast(body.op("Equal", body.unsqueeze(pos, 0), first), FLOAT)
+    nearest = keep(body, _distance_row(body, distance, first), first)
 
     def pick(inner: TokenNodes, _: ir.Value, carried: list[ir.Value]) -> tuple[list[ir.Value], None]:
-        near, mask, chosen = carried
-        gain = inner.op("Mul", near, weight)
-        gain = inner.op("Where", inner.op("Greater", mask, inner.const(np.float32(0))),
-                        inner.const(np.float32(-np.inf)), gain)
+        (near,) = carried
+        gain = inner.op("Where", inner.op("Less", near, inner.const(np.float32(0))),
+                        inner.const(np.float32(-np.inf)), inner.op("Mul", near, weight))
         index = inner.op("ArgMax", gain, axis=1, keepdims=1)
-        near = inner.op("Min", near, _distance_row(inner, distance, index))
-        mask = inner.op("Max", mask, inner.cast(inner.op("Equal", inner.unsqueeze(pos, 0), index), FLOAT))
-        return [near, mask, inner.op("Concat", chosen, index, axis=1)], None
+        return [keep(inner, inner.op("Min", near, _distance_row(inner, distance, index)), index)], None
 
     trips = body.op("Sub", k, body.const(np.int64(1)))
-    carried = [(ir.DataType.FLOAT, 2), (ir.DataType.FLOAT, 2), (ir.DataType.INT64, 2)]
-    _, _, chosen = body.loop(trips, [nearest, taken, first], pick, types=carried)
+    (near,) = body.loop(trips, [nearest], pick, types=[(ir.DataType.FLOAT, 2)])
+    # the kept tokens, by ascending position: taken·(N - position) is positive exactly at them
+    taken = body.cast(body.op("Less", near, body.const(np.float32(0))), FLOAT)
+    _, chosen = body.stable_order(body.op("Mul", taken, body.to_float(body.op("Sub", body.dim(scores, 1), pos))), k)
     return chosen
 
 
