@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn
 
 from edgeattn.errors import EdgeAttnError
-from edgeattn.paths import UnsafePathError, confined
+from edgeattn.paths import UnsafePathError, confined, read_text
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -118,12 +118,9 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise ManifestError(f"{str(folder)!r} is not a folder; give the folder that `edgeattn export` wrote")
     if not path.is_file():
         raise ManifestError(f"{str(folder)!r} has no {MANIFEST}; run `edgeattn export MODEL --out {folder}` first")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path} is {path.stat().st_size} bytes, far more than a manifest; re-export the folder")
+    text = read_text(path, MAX_MANIFEST_BYTES, "manifest (re-export the folder)", ManifestError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ManifestError(f"{path} is not UTF-8 text; re-export the folder") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
     except RecursionError:

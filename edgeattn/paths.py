@@ -38,9 +38,24 @@ def confined(folder: str | os.PathLike, name: object, *, source: str, what: str 
     return target
 
 
+def read_text(path: str | os.PathLike, limit: int, what: str, error: type[EdgeAttnError] = EdgeAttnError) -> str:
+    """The text of a small file a user hands us: a regular file, at most `limit` bytes, UTF-8. The
+    message never shows the content. `error` is the EdgeAttnError subclass the caller raises."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist or is not a regular file; pass the path of a {what}")
+    size = path.stat().st_size
+    if size > limit:
+        raise error(f"{path} is {size} bytes, more than the {limit} a {what} may have; is it the right file?")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path} is not UTF-8 text; save the {what} as UTF-8") from None
+
+
 def _shown(name: object) -> str:
     text = repr(name)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["MAX_NAME_CHARS", "UnsafePathError", "confined"]
+__all__ = ["MAX_NAME_CHARS", "UnsafePathError", "confined", "read_text"]

@@ -94,6 +94,11 @@ def test_force_replaces_an_export_and_nothing_else(tmp_path: Path) -> None:
         with staged_folder(tmp_path / "mine", force=True):
             pass
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    (tmp_path / "engines").mkdir()  # an `edgeattn compile` folder is edgeattn's too
+    (tmp_path / "engines" / "compile.json").write_text('{"format": "edgeattn.compile/1"}')
+    with staged_folder(tmp_path / "engines", force=True) as stage:
+        (stage / "compile.json").write_text('{"format": "edgeattn.compile/1", "new": 1}')
+    assert '"new"' in (tmp_path / "engines" / "compile.json").read_text()
 
 
 def test_partial_folders_of_dead_runs_are_removed(tmp_path: Path) -> None:

@@ -51,15 +51,22 @@ def check_output_folder(out: Path, force: bool, inputs: Iterable[Path] = ()) -> 
                             "replaces only folders edgeattn wrote: pick another --out or remove it yourself")
 
 
+# The records edgeattn writes into its output folders: a folder holding one of them is edgeattn's.
+RECORDS = {MANIFEST_NAME: "edgeattn.manifest/", "compile.json": "edgeattn.compile/"}
+
+
 def _is_export_folder(folder: Path) -> bool:
-    manifest = folder / MANIFEST_NAME
-    if not manifest.is_file() or manifest.is_symlink() or manifest.stat().st_size > 16 * 1024**2:
+    return any(_is_record(folder / name, prefix) for name, prefix in RECORDS.items())
+
+
+def _is_record(path: Path, prefix: str) -> bool:
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > 16 * 1024**2:
         return False
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and str(data.get("format", "")).startswith("edgeattn.manifest/")
+    return isinstance(data, dict) and str(data.get("format", "")).startswith(prefix)
 
 
 def remove_stale_stages(out: Path) -> None:

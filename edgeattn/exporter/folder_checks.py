@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeattn.errors import ModelSourceError
+from edgeattn.paths import read_text
 from edgeattn.exporter.loaded import FAMILIES
 
 # Hostile-input bounds. A config.json or preprocessor_config.json is a few kB (a vision model's label map
@@ -66,15 +67,7 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
 
 def read_json_file(path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> Any:
     """JSON from a small user file: bounded size, UTF-8, valid JSON (the message never shows the content)."""
-    if not path.is_file():
-        raise ModelSourceError(f"{path} is not a regular file; {what} must be a JSON file")
-    size = path.stat().st_size
-    if size > limit:
-        raise ModelSourceError(f"{path} is {size} bytes, more than the {limit} a {what} may have; is it the right file?")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModelSourceError(f"{path} is not UTF-8 text; {what} must be a UTF-8 JSON file") from None
+    text = read_text(path, limit, what, ModelSourceError)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -33,7 +33,7 @@ from onnx_ir.passes import InPlacePass, PassError, PassResult, PreconditionError
 
 from edgeattn.errors import EdgeAttnError, GraphError
 from edgeattn.graphs.io import ModelLike, as_model, save
-from edgeattn.graphs.attach import TARGETS, Target, edgeattn_nodes, attach_bodies
+from edgeattn.graphs.attach import TARGETS, Target, attach_bodies
 from edgeattn.graphs.pipeline import RecipeLike, as_recipe, check_opset, finish_for_runtime, rewrite_sites
 from edgeattn.graphs.recipe import Recipe
 from edgeattn.graphs.report import RewriteReport
@@ -312,10 +312,6 @@ def rewrite_file(
     return RewriteReport(report.rewritten, report.kept, report.refused, report.target, report.component,
                          report.seconds, str(path))
 
-
-
-def has_edgeattn_nodes(model: ir.Model) -> bool:
-    return any(True for _ in edgeattn_nodes(model))
 
 
 __all__ = [

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgeattn.errors import RecipeError
+from edgeattn.paths import read_text
 from edgeattn.ranges import MAX_LAYERS, check_indices, parse_index_ranges
 from edgeattn.graphs.report import Site
 from edgeattn.ops.registry import Registry, default_registry
@@ -77,14 +78,9 @@ class Recipe:
     @staticmethod
     def load(path: str | os.PathLike, registry: Registry | None = None) -> Recipe:
         path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe {path} does not exist or is not a file; pass the path of a TOML file")
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"recipe {path} is {path.stat().st_size} bytes, far more than a recipe; check the path")
+        text = read_text(path, MAX_RECIPE_BYTES, "recipe (TOML)", RecipeError)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise RecipeError(f"recipe {path} is not UTF-8 text; save it as UTF-8") from None
+            data = tomllib.loads(text)
         except RecursionError:
             raise RecipeError(f"recipe {path} nests too deeply to be a recipe") from None
         except tomllib.TOMLDecodeError as err:
