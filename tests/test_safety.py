@@ -126,3 +126,19 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and "Traceback" not in stderr and "interrupted" in stderr, stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_inside_generated_code_still_exits_1(tmp_path: Path, signum: int) -> None:
+    # torch.export and dataclasses run generated source through exec(); a bare KeyboardInterrupt raised there
+    # made CPython 3.11 end a `python -m` process with SIGINT (-2) after the boundary had chosen exit code 1.
+    (tmp_path / "interrupted_run.py").write_text(
+        "import os, signal\n"
+        "from edgeattn.cli.boundary import handle_errors, terminate_like_interrupt\n"
+        "terminate_like_interrupt()\n"
+        "with handle_errors():\n"
+        f"    exec('os.kill(os.getpid(), {int(signum)})\\nwhile True: pass')\n")
+    done = subprocess.run([sys.executable, "-m", "interrupted_run"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stderr.strip() == "error: interrupted; nothing was written (partial outputs were removed)"

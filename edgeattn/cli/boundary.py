@@ -64,10 +64,28 @@ def describe_os_error(err: OSError) -> str:
     return f"cannot use {target}: {what}; {advice}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised by edgeattn's own handler.
+
+    A subclass on purpose: when a bare KeyboardInterrupt passes through code run from a string (dataclasses,
+    torch.fx and torch.export all `exec` generated source), CPython 3.11 remembers it and, under `python -m`,
+    ends the process with SIGINT after the boundary has already printed its line and chosen exit code 1.
+    """
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def terminate_like_interrupt() -> None:
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so cleanup code runs before the process ends."""
-    with contextlib.suppress(ValueError, OSError):  # not the main thread: leave the default
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Ctrl-C and SIGTERM raise `Interrupted`, so cleanup code runs before the process ends with code 1.
+
+    A signal that was set to be ignored (nohup, a shell's background job) stays ignored.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave the default
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _raise_interrupted)
 
 
 @contextlib.contextmanager
