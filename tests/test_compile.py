@@ -179,11 +179,13 @@ def test_every_op_builds_an_sm89_engine_without_plugins(case: tuple, trt_ready: 
     name, op, arrays, attrs, outputs = case
     path = tmp_path / "one.onnx"
     ir.save(node_model(op, arrays, attrs, outputs, "trt"), path)
-    document = rt.compile_engines(path, _empty(tmp_path / "out"), rt.CompileOptions(arch=ARCH, shapes=f"batch={B}"))
+    options = rt.CompileOptions(arch=ARCH, shapes=f"batch={B}", plugins=False)
+    document = rt.compile_engines(path, _empty(tmp_path / "out"), options)
     engine = document["engines"]["one"]
     assert engine["bytes"] > 0 and (tmp_path / "out" / "one.engine").stat().st_size == engine["bytes"]
     (summary,) = engine["edgeattn_nodes"]
     assert summary["op"] == op and summary["as"] == "inlined body" and summary["layers"] > 0
+    assert summary["reason"] == "plugins turned off (--no-plugins)"
     types = {layer["type"] for layer in engine["layers"]}
     assert not any(t.startswith("PLUGIN") for t in types)
     if get_op(op).kind == "attention":

@@ -22,8 +22,10 @@ from edgeattn.kernels.skip_softmax.aot import SkipSoftmaxBuild, parameter_order
 from edgeattn.kernels.triton_aot import TARGETS, AotBuildError, KernelParam, _check_param_order, compile_aot
 
 # Largest dynamic shared memory per block, CUDA C Programming Guide (compute capability 8.7 / 8.9 / 9.0).
-SMEM_LIMIT = {87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-PTX_TARGET = {87: "sm_87", 89: "sm_89", 90: "sm_90a"}
+SMEM_LIMIT = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024,
+              120: 99 * 1024, 121: 99 * 1024}
+PTX_TARGET = {75: "sm_75", 80: "sm_80", 86: "sm_86", 87: "sm_87", 89: "sm_89", 90: "sm_90a", 120: "sm_120a",
+              121: "sm_121a"}
 ROOT = Path(__file__).resolve().parents[1]
 
 

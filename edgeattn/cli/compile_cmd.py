@@ -21,22 +21,28 @@ from edgeattn.cli.common import emit_json, json_option, progress
 @click.option("--shapes", help="Ranges of the symbolic dims, NAME=MIN/OPT/MAX or NAME=N, e.g. "
               "batch=1/1/1,sequence=1/128/1024,past_sequence=0/128/1024.")
 @click.option("--component", "components", multiple=True, help="Build only this component (repeatable).")
+@click.option("--no-plugins", is_flag=True, help="Build every edgeattn node as its inlined function body.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to read (when it "
+              "exists) and update: later builds skip the timings already made.")
 @click.option("--force", is_flag=True,
               help="Replace OUT if it exists (an empty folder, or one with an edgeattn manifest.json).")
 @json_option
 def compile_command(source: str, out: str, backend: str | None, arch: str | None, shapes: str | None,
-            components: tuple[str, ...], force: bool, as_json: bool) -> None:
+            components: tuple[str, ...], no_plugins: bool, timing_cache: str | None, force: bool,
+            as_json: bool) -> None:
     """Build one TensorRT engine per component of SOURCE (an export folder, or one .onnx file).
 
     Writes OUT/<component>.engine and OUT/compile.json (backend and version, targets, the optimization
     profile of each engine, its layers and which edgeattn nodes became plugins or inlined bodies, build
-    seconds, bytes). Written with --target trt, edgeattn nodes build with no plugin: TensorRT inlines their
-    function bodies.
+    seconds, bytes). An edgeattn node whose settings a GPU kernel computes becomes a plugin layer that
+    carries its kernels (compiled ahead of time for every target); any other node builds as its inlined
+    function body, and compile.json says why.
     """
     from edgeattn.exporter.files import staged_folder
     from edgeattn.runtime.tensorrt import CompileOptions, compile_engines
 
-    options = CompileOptions(backend, arch, shapes, components)
+    options = CompileOptions(backend, arch, shapes, components, plugins=not no_plugins,
+                             timing_cache=Path(timing_cache) if timing_cache else None)
     with staged_folder(Path(out), force, inputs=[Path(source)]) as stage:
         document = compile_engines(source, stage, options,
                                    step=lambda description: progress(description, enabled=not as_json))

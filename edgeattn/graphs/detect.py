@@ -18,7 +18,8 @@ from edgeattn.graphs.reasons import NOT_ATTENTION, refusal_reasons
 from edgeattn.graphs.report import EdgeAttnNode, Site, SiteReport, Unmatched
 from edgeattn.graphs.rules import AttentionRule, SiteFacts, attention_rules
 from edgeattn.graphs.rules.base import EDGEATTN
-from edgeattn.graphs.shapes import ensure_shapes
+from edgeattn.graphs.prepare import prepare
+from edgeattn.ops.spec import standard_opset
 
 MS = "com.microsoft"
 # Fused attention ops that are sites when a rule takes them, and reported as unmatched otherwise.
@@ -80,8 +81,8 @@ def node_label(node: ir.Node, position: int) -> str:
 
 
 def find_sites(model: ir.Model, component: str | None = None) -> SiteReport:
-    """The attention sites of `model` (shapes are inferred first where they are missing)."""
-    ensure_shapes(model)
+    """The attention sites of `model` (brought to the form the rules match first: `prepare`)."""
+    prepare(model)
     return detect(model, component).report
 
 
@@ -114,7 +115,7 @@ def detect(model: ir.Model, component: str | None = None) -> Detection:
     matches = {site.name: origin for site, (_, _, origin) in zip(sites, found) if isinstance(origin, Match)}
     existing = {site.name: origin for site, (_, _, origin) in zip(sites, found) if isinstance(origin, ir.Node)}
     unmatched = tuple(_unmatched(model, covered, rules))
-    opset = model.opset_imports.get("", 0)
+    opset = standard_opset(model.opset_imports, 0)
     report = SiteReport(tuple(sites), tuple(edgeattn_nodes), unmatched, opset, component)
     return Detection(report, matches, existing)
 

@@ -38,6 +38,7 @@ from edgeattn.graphs.pipeline import RecipeLike, as_recipe, check_opset, finish_
 from edgeattn.graphs.recipe import Recipe
 from edgeattn.graphs.report import RewriteReport
 from edgeattn.ops.registry import Registry, default_registry
+from edgeattn.ops.spec import standard_opset
 
 Lowering = Literal["fast", "function"]
 LOWERINGS: tuple[str, ...] = ("fast", "function")
@@ -199,7 +200,7 @@ class AttachFunctionBodies(_Pass):
         self.registry = registry or default_registry()
 
     def requires(self, model: ir.Model) -> None:
-        if model.opset_imports.get("", model.opset_imports.get("ai.onnx")) is None:
+        if standard_opset(model.opset_imports) is None:
             raise GraphPreconditionError("the model imports no default ONNX opset; it cannot hold function bodies")
 
     def call(self, model: ir.Model) -> PassResult:

@@ -23,9 +23,9 @@ from edgeattn.graphs.io import MAX_IR_VERSION, MIN_IR_VERSION
 from edgeattn.graphs.attach import TARGETS, Target
 from edgeattn.graphs.recipe import KEEP, Recipe
 from edgeattn.graphs.report import Rewritten, RewriteReport
-from edgeattn.graphs.shapes import ensure_shapes
+from edgeattn.graphs.prepare import prepare
 from edgeattn.ops.registry import Registry
-from edgeattn.ops.spec import MIN_REWRITE_OPSET
+from edgeattn.ops.spec import MIN_REWRITE_OPSET, STANDARD_DOMAINS, standard_opset
 
 RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike | None
 
@@ -48,7 +48,7 @@ def rewrite_sites(model: ir.Model, recipe: Recipe, component: str | None, regist
     if target not in TARGETS:
         raise GraphError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
     check_opset(model)
-    ensure_shapes(model)
+    prepare(model)
     detection = detect(model, component)
     assignments = recipe.assign(detection.report.sites, component)
     rewritten, kept = [], []
@@ -77,7 +77,7 @@ def finish_for_runtime(model: ir.Model) -> None:
 
 
 def check_opset(model: ir.Model) -> None:
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    opset = standard_opset(model.opset_imports)
     if opset is None or opset < MIN_REWRITE_OPSET:
         raise GraphError(f"the model imports ONNX opset {opset}; edgeattn rewrites opset {MIN_REWRITE_OPSET} and later; "
                          "convert it with onnx.version_converter.convert_version(model, 17)")
@@ -88,5 +88,5 @@ def declare_used_domains(model: ir.Model) -> None:
     which the ONNX checker rejects)."""
     for graph in model.graphs():
         for node in graph:
-            if node.domain not in ("", "ai.onnx"):
+            if node.domain not in STANDARD_DOMAINS:
                 model.opset_imports.setdefault(node.domain, 1)

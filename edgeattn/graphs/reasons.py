@@ -16,6 +16,7 @@ from edgeattn.graphs.rules import AttentionRule
 
 _BETWEEN = {"Cast", "Where", "IsNaN", "Dropout", "Identity"}
 _SCORE_CHAIN = {"Mul", "Div", "Add", "Where", "Cast"}
+_PRODUCTS = {"MatMul", "Einsum"}  # the products attention is written with
 _OTHER_USES = "Matched nodes have other uses"
 NOT_ATTENTION = "no MatMul takes this Softmax's output as attention weights (not an attention softmax)"
 
@@ -75,7 +76,7 @@ def _value_matmuls(softmax: ir.Node) -> Iterator[ir.Node]:
                 if user in seen:
                     continue
                 seen.add(user)
-                if user.op_type == "MatMul" and index == 0:
+                if user.op_type in _PRODUCTS and index == 0:
                     yield user
                 elif user.op_type in _BETWEEN:
                     following.extend(user.outputs[:1])
@@ -115,7 +116,7 @@ def _score_chain(softmax: ir.Node) -> str:
         producer = value.producer() if value is not None else None
         if producer is None:
             return f"the Softmax input does not come from a Q·Kᵀ MatMul (it comes through: {', '.join(ops) or 'nothing'})"
-        if producer.op_type == "MatMul":
+        if producer.op_type in _PRODUCTS:
             break
         ops.append(producer.op_type)
         value = _scores_input(producer)

@@ -125,7 +125,7 @@ class AotTarget:
     arch: int
     max_shared_bytes: int
     """Largest dynamic shared memory one block may opt into (CUDA C Programming Guide, per
-    compute capability: 8.0/8.7 = 163 KB, 8.6/8.9 = 99 KB, 9.0 = 227 KB)."""
+    compute capability: 7.5 = 64 KB, 8.0/8.7 = 163 KB, 8.6/8.9/12.x = 99 KB, 9.0 = 227 KB)."""
     description: str
 
     @property
@@ -135,9 +135,14 @@ class AotTarget:
 
 
 TARGETS: dict[int, AotTarget] = {
+    75: AotTarget(75, 64 * 1024, "Turing: T4, RTX 20xx (fp16 only: no bf16 tensor cores)"),
+    80: AotTarget(80, 163 * 1024, "Ampere: A100, A30"),
+    86: AotTarget(86, 99 * 1024, "Ampere: RTX 30xx, A10, A40"),
     87: AotTarget(87, 163 * 1024, "Jetson AGX Orin / Orin NX / Orin Nano (Ampere GA10B)"),
     89: AotTarget(89, 99 * 1024, "Ada: RTX 40xx, L4, L40S"),
     90: AotTarget(90, 227 * 1024, "Hopper: H100, H200, GH200"),
+    120: AotTarget(120, 99 * 1024, "Blackwell: RTX 50xx, RTX PRO"),
+    121: AotTarget(121, 99 * 1024, "Blackwell: DGX Spark (GB10)"),
 }
 
 ParamRole = Literal["input", "scalar", "output"]

@@ -25,6 +25,18 @@ DOMAIN = "edgeattn"  # the one place the domain string of every edgeattn op is w
 # need more: see `OpSpec.min_opset`).
 MIN_REWRITE_OPSET = 13
 VERSION = 1
+# The standard ONNX domain has two names: "" and "ai.onnx" (BERT and GPT-2 exports use the second).
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def standard_opset(opset_imports: Mapping[str, int], default: int | None = None) -> int | None:
+    """The standard ONNX opset a model or graph imports, under either name of its domain; `default` when
+    it imports neither."""
+    for domain in STANDARD_DOMAINS:
+        version = opset_imports.get(domain)
+        if version is not None:
+            return int(version)
+    return default
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,11 @@ class OpSpec:
     sparse_flags: tuple[SparseFlag, ...] = ()  # the --sparse methods that choose this op
     note: str | None = None  # what `inspect` tells a user who finds this op in a graph
     kernels: tuple[str, ...] = ()  # the kernel families (edgeattn.kernels.<family>) that compute it on a GPU
+    plugin: Callable[["OpSpec"], Any] | None = None  # -> ops.trt_plugin.PluginDef: the op's TensorRT plugin
+
+    def plugin_def(self) -> Any:
+        """The op's TensorRT plugin definition (`ops.trt_plugin.PluginDef`), None when it has no kernel."""
+        return self.plugin(self) if self.plugin is not None else None
 
     @property
     def statistics_output(self) -> str | None:
@@ -252,6 +269,7 @@ def declare(
     note: str | None = None,
     check: AttributeCheck | None = None,
     kernels: tuple[str, ...] = (),
+    plugin: Callable[[OpSpec], Any] | None = None,
 ) -> OpSpec:
     """The OpSpec of an op package whose ``spec`` module holds NAME, DOC, INPUTS, OUTPUTS, ATTRIBUTES and
     ``infer_shapes`` (every package follows that layout), and ``check_attributes`` when the op has ranges
@@ -275,4 +293,5 @@ def declare(
         sparse_flags=sparse_flags,
         note=note,
         kernels=kernels,
+        plugin=plugin,
     )

@@ -259,17 +259,16 @@ def read_source(path: str | Path) -> Source:
 class Prepared:
     """An ONNX file as TensorRT will parse it: the serialized model and what edgeattn knows of it."""
 
-    data: bytes
+    model: Any  # the onnx.ModelProto TensorRT parses (weights left in their external files)
     dim_names: dict[str, list[str | None]]  # input -> per-axis symbolic name (None: static or unnamed)
     edgeattn_nodes: list[dict[str, Any]]
     decomposable: int  # standard Attention nodes marked TRT_decomposable
     converted: int = 0  # edgeattn nodes brought from the onnxruntime form to the TensorRT form
 
 
-def prepare_onnx(path: Path, serialize: bool = True) -> Prepared:
+def prepare_onnx(path: Path) -> Prepared:
     """Read `path` (external weights stay where they are), bring edgeattn nodes written for onnxruntime to
-    the TensorRT form, mark the standard Attention nodes decomposable, and serialize it for the parser
-    (unless only checking)."""
+    the TensorRT form and mark the standard Attention nodes decomposable."""
     import onnx
 
     from edgeattn.graphs.attach import PLUGIN_NAMESPACE_ATTR
@@ -295,8 +294,7 @@ def prepare_onnx(path: Path, serialize: bool = True) -> Prepared:
     for value in model.graph.input:
         shape = value.type.tensor_type.shape
         dims[value.name] = [d.dim_param or None for d in shape.dim]
-    data = model.SerializeToString() if serialize else b""
-    return Prepared(data, dims, nodes, decomposable, converted)
+    return Prepared(model, dims, nodes, decomposable, converted)
 
 
 def _to_trt_form(proto: Any, path: Path) -> tuple[Any, int]:
@@ -361,10 +359,13 @@ def _logger(trt: Any) -> Any:
 
 
 def build_engine(backend: Backend, component: Component, arch: Sequence[str], dims: Callable[[str], DimRange],
-                 out: Path) -> dict[str, Any]:
+                 out: Path, plugins: bool = True, timing_cache: Any = None) -> dict[str, Any]:
     """Parse, build and write `<component>.engine` into `out`; returns its compile.json entry."""
+    from edgeattn.runtime import trt_plugins
+
     trt = backend.module
     prepared = prepare_onnx(component.onnx)
+    data, plan = trt_plugins.plan_plugins(prepared.model, kernel_archs(arch), use_plugins=plugins)
     logger = _logger(trt)
     builder = trt.Builder(logger)
     flags = 0
@@ -372,17 +373,24 @@ def build_engine(backend: Backend, component: Component, arch: Sequence[str], di
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # precision comes from the ONNX
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(prepared.data, str(component.onnx)):
-        raise EdgeAttnError(f"{backend.name} {backend.version} cannot parse {component.onnx.name}: "
-                            f"{_parser_error(parser)}")
-    config = builder.create_builder_config()
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    _set_arch(backend, config, arch)
-    profile, shapes = _profile(builder, network, component, prepared, dims)
-    config.add_optimization_profile(profile)
-    started = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - started
+    parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)  # a registered plugin wins over the local body
+    creators = trt_plugins.register(trt, plan)
+    try:
+        if not parser.parse(data, str(component.onnx)):
+            raise EdgeAttnError(f"{backend.name} {backend.version} cannot parse {component.onnx.name}: "
+                                f"{_parser_error(parser)}")
+        config = builder.create_builder_config()
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        _set_arch(backend, config, arch)
+        if timing_cache is not None:
+            config.set_timing_cache(timing_cache, False)
+        profile, shapes = _profile(builder, network, component, prepared, dims)
+        config.add_optimization_profile(profile)
+        started = time.perf_counter()
+        serialized = builder.build_serialized_network(network, config)
+        seconds = time.perf_counter() - started
+    finally:
+        trt_plugins.unregister(trt, creators)
     if serialized is None:
         reason = (logger.errors() or ["no reason given"])[-1]
         raise EdgeAttnError(f"{backend.name} {backend.version} could not build {component.onnx.name} for "
@@ -390,6 +398,7 @@ def build_engine(backend: Backend, component: Component, arch: Sequence[str], di
     engine_file = out / f"{component.name}{ENGINE_SUFFIX}"
     engine_file.write_bytes(memoryview(serialized))
     layers = network_layers(network)
+    fields = {name: attrs for creator in creators for name, attrs in creator.created}
     return {
         "onnx": component.onnx.name,
         "file": engine_file.name,
@@ -400,7 +409,7 @@ def build_engine(backend: Backend, component: Component, arch: Sequence[str], di
         "converted_to_trt_form": prepared.converted,
         "layer_types": _count(layer["type"] for layer in layers),
         "layers": layers,
-        "edgeattn_nodes": _edgeattn_summary(prepared.edgeattn_nodes, layers),
+        "edgeattn_nodes": _edgeattn_summary(prepared.edgeattn_nodes, layers, plan, fields),
         "engine_layers": engine_layers(backend, bytes(memoryview(serialized))),
     }
 
@@ -472,21 +481,54 @@ def _count(values: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _edgeattn_summary(nodes: list[dict[str, Any]], layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each edgeattn node: a plugin layer (named like the node), or its function body inlined (how
-    many layers, and of which types)."""
+def _edgeattn_summary(nodes: list[dict[str, Any]], layers: list[dict[str, Any]], plan: Any,
+                      fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+    """For each edgeattn node: a plugin layer (named like the node: its kernel and the fields TensorRT handed
+    the plugin), or its function body inlined (how many layers, of which types, and why no plugin)."""
     rows = []
     for node in nodes:
         plugin = [la for la in layers
                   if la["type"].startswith("PLUGIN") and la.get("onnx_node", la["name"]) == node["node"]]
         body = [la for la in layers if la.get("function_of") == node["node"]]
+        decided = plan.for_node(node["node"])
         row = dict(node)
         if plugin:
-            row.update({"as": "plugin", "layer": plugin[0]["name"]})
+            row.update({"as": "plugin", "layer": plugin[0]["name"], "kernel": decided.kernel if decided else None,
+                        "fields": _jsonable(fields.get(node["node"], {}))})
         else:
-            row.update({"as": "inlined body", "layers": len(body), "layer_types": _count(la["type"] for la in body)})
+            row.update({"as": "inlined body", "layers": len(body), "layer_types": _count(la["type"] for la in body),
+                        "reason": decided.reason if decided else None})
         rows.append(row)
     return rows
+
+
+def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+
+
+def kernel_archs(arch: Sequence[str]) -> list[int]:
+    """The AOT targets of the kernels an engine carries: the --arch targets, or every known one for a
+    portable engine (and for `native` when this machine's GPU cannot be asked)."""
+    from edgeattn.kernels.triton_aot import TARGETS
+
+    named = [int(a[3:]) for a in arch if a.startswith("sm_")]
+    if named:
+        missing = [a for a in named if a not in TARGETS]
+        if missing:
+            raise EdgeAttnError(f"edgeattn has no kernel target sm_{missing[0]}; its kernels build for "
+                                f"{', '.join(f'sm_{a}' for a in sorted(TARGETS))}")
+        return named
+    if list(arch) == [NATIVE]:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability()
+                if 10 * major + minor in TARGETS:
+                    return [10 * major + minor]
+        except ImportError:
+            pass
+    return sorted(TARGETS)
 
 
 def engine_layers(backend: Backend, serialized: bytes) -> dict[str, Any]:
@@ -522,6 +564,8 @@ class CompileOptions:
     arch: str | None = None
     shapes: str | None = None
     components: Sequence[str] = field(default_factory=tuple)  # empty: every component
+    plugins: bool = True  # False: every edgeattn node builds as its inlined function body
+    timing_cache: Path | None = None  # read when it exists, written after the builds
 
 
 def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
@@ -534,7 +578,7 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
     source = read_source(source_path)
     components = _chosen(source, options.components)
     # every file is read (and refused when it cannot build) before the first build starts
-    declared = {d for c in components for d in _declared_dims(c, prepare_onnx(c.onnx, serialize=False))}
+    declared = {d for c in components for d in _declared_dims(c, prepare_onnx(c.onnx))}
     unknown = sorted(set(overrides) - declared)
     if unknown:
         raise EdgeAttnError(f"--shapes names {', '.join(unknown)}, which no input has; the symbolic dims are: "
@@ -546,10 +590,13 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
         used[name] = overrides.get(name) or pick(name)
         return used[name]
 
+    cache = _timing_cache(backend, options.timing_cache)
     engines = {}
     for component in components:
         with (step or _no_step)(f"build {component.name} ({backend.name}, {','.join(arch)})"):
-            engines[component.name] = build_engine(backend, component, arch, dims, out)
+            engines[component.name] = build_engine(backend, component, arch, dims, out, options.plugins, cache)
+    if options.timing_cache is not None:
+        _write_atomically(options.timing_cache, bytes(memoryview(cache.serialize())))
     document = {
         "format": FORMAT,
         "source": str(source.path),
@@ -557,10 +604,50 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
         "backend": backend.describe(),
         "arch": list(arch),
         "dims": {name: used[name].to_json() for name in sorted(used)},
+        "plugins": options.plugins,
+        "kernel_archs": kernel_archs(arch) if options.plugins else [],
+        "timing_cache": str(options.timing_cache) if options.timing_cache is not None else None,
         "engines": engines,
     }
     (out / COMPILE_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
+
+
+MAX_TIMING_CACHE_BYTES = 256 << 20
+
+
+def _timing_cache(backend: Backend, path: Path | None) -> Any:
+    """A timing cache shared by every engine of this compile: read from `path` when it exists."""
+    if path is None:
+        return None
+    data = b""
+    if path.exists():
+        if not path.is_file():
+            raise EdgeAttnError(f"--timing-cache {str(path)!r} is not a file")
+        if path.stat().st_size > MAX_TIMING_CACHE_BYTES:
+            raise EdgeAttnError(f"--timing-cache {str(path)!r} is larger than {MAX_TIMING_CACHE_BYTES >> 20} MiB; "
+                                "give a TensorRT timing cache or a new path")
+        data = path.read_bytes()
+    config = backend.module.Builder(_logger(backend.module)).create_builder_config()
+    cache = config.create_timing_cache(data)
+    if cache is None:
+        raise EdgeAttnError(f"{str(path)!r} is not a timing cache of {backend.name} {backend.version}; "
+                            "delete it or give a new path")
+    return cache
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _no_step(description: str) -> ContextManager[Any]:

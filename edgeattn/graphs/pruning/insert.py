@@ -32,7 +32,7 @@ from edgeattn.graphs.pruning.report import PRUNING_METADATA, PruneReport
 from edgeattn.graphs.pruning.tap import AttentionTap, attention_tap
 from edgeattn.graphs.shapes import ensure_shapes
 from edgeattn.graphs.values import dims
-from edgeattn.ops.spec import DOMAIN, MIN_REWRITE_OPSET
+from edgeattn.ops.spec import DOMAIN, MIN_REWRITE_OPSET, standard_opset
 
 TEXT_INPUT, BUDGET_INPUT, VALID_INPUT, INDICES_OUTPUT = "text_embeds", "num_tokens", "patch_valid", "kept_indices"
 
@@ -71,7 +71,7 @@ def out_name(value: ir.Value) -> str:
 
 # -- checks and layout ---------------------------------------------------------------------------
 def _check_model(model: ir.Model, where: str) -> None:
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    opset = standard_opset(model.opset_imports)
     if opset is None or opset < MIN_REWRITE_OPSET:
         raise PruningError(f"{where} imports ONNX opset {opset}; pruning needs opset {MIN_REWRITE_OPSET} or later")
     if any(node.domain == DOMAIN and node.op_type == "TokenSelect" for node in model.graph):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts
 from edgeattn.graphs.rules.decomposed import DecomposedAttention
+from edgeattn.graphs.rules.einsum import EinsumAttention
 from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention, OnnxAttention
 
 
 def attention_rules() -> tuple[AttentionRule, ...]:
-    return (OnnxAttention(), MsAttention(), MsMultiHeadAttention(), DecomposedAttention())
+    return (OnnxAttention(), MsAttention(), MsMultiHeadAttention(), DecomposedAttention(), EinsumAttention())
 
 
 __all__ = ["AttentionRule", "Plan", "Refusal", "SiteFacts", "attention_rules"]

@@ -9,6 +9,7 @@ pre-transposed, and grouped-query Unsqueeze/Expand/Reshape of K and V. 4-D [B, H
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,11 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes, int_attribute
-from edgeattn.graphs.rules.masks import MaskTerm, build_mask, check_fits, mask_kind, where_term
-from edgeattn.graphs.rules.operands import Operand, read_key, read_key_value_heads, peel_scales
-from edgeattn.graphs.values import dims, rank, static_array, static_dim, static_scalar
+from edgeattn.graphs.geometry import at_least, causal_mode
+from edgeattn.graphs.rules.masks import MAX_FILL, MaskTerm, build_mask, check_fits, mask_kind, where_term
+from edgeattn.graphs.rules.operands import KeyReading, Operand, read_key, read_key_value_heads, peel_scales
+from edgeattn.graphs.values import dims, rank, static_array, static_scalar
+from edgeattn.ops.spec import standard_opset
 
 def _mask_step(op: Any, x: Any, add: Any, condition: Any, fill: Any, tag: str) -> Any:
     return orp.OrValue(
@@ -58,16 +61,16 @@ class DecomposedAttention(AttentionRule):
         qk_scale = _scale_after_product(b["scale_op"], b["qk_scale"], score_rank)
         terms = _mask_terms(b)
         check_fits(terms, scores)
-        query, q_scale = peel_scales(b["q_in"])
-        key_reading = read_key(b["kt_in"])
-        key, value, group = _key_value(key_reading.key, b["v_in"])
+        causal, terms, causal_from = _causal_terms(terms, scores, softmax)
+        query, q_scale, key_reading, value, group, out_perm = self.operands(b)
+        key = key_reading.key
         dtypes = (b["q_in"].dtype, b["v_in"].dtype)
         if dtypes[0] is not None and dtypes[1] is not None and dtypes[0] != dtypes[1]:
             raise Refusal(f"the query type {dtypes[0].name} and value type {dtypes[1].name} differ", b["v_in"])
         precision = _softmax_precision(b.get("pre_cast"), dtypes[0])
         layout = _layout(score_rank, scores)
-        head_size = static_dim(b["q_in"], -1)
-        q_heads, kv_heads = static_dim(query, 1), _operand_dim(key, 1)
+        head_size = _operand_dim(query, score_rank - 1)
+        q_heads, kv_heads = _operand_dim(query, 1), _operand_dim(key, 1)
         scale = qk_scale * q_scale * key_reading.scale
         kind = mask_kind(terms)
         facts = SiteFacts(
@@ -78,21 +81,55 @@ class DecomposedAttention(AttentionRule):
             kv_num_heads=kv_heads if layout == "bhsd" else None,
             head_size=head_size,
             mask=kind,
-            causal=0,
+            causal=causal,
             scale=scale,
-            details={"key": key_reading.form, "gqa_group": group, "masks": [t.kind for t in terms]},
+            details={"key": key_reading.form, "gqa_group": group, "masks": [t.kind for t in terms],
+                     **({"causal_from": causal_from} if causal else {})},
         )
-        attributes = attention_attributes(scale, 0, *(_op_heads(layout, q_heads, kv_heads)), precision)
+        attributes = attention_attributes(scale, causal, *(_op_heads(layout, q_heads, kv_heads)), precision)
         score_dtype = scores.dtype or dtypes[0]
-        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype)
-        return Plan(facts, attributes, build_inputs, 4, dtypes[0] or score_dtype, finish)
+        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype, out_perm)
+        return Plan(facts, attributes, build_inputs, 4, dtypes[0] or score_dtype,
+                    finish if layout == "(bh)sd" or out_perm is not None else None)
+
+
+    def operands(self, b: dict[str, Any]) -> tuple[Operand, float, KeyReading, Operand, int, tuple[int, ...] | None]:
+        """Q (and the constant factor on it), K, V as the op takes them, the grouped-query group, and the
+        Transpose that brings the op's output to the site's (None: none)."""
+        query, q_scale = peel_scales(b["q_in"])
+        key_reading = read_key(b["kt_in"])
+        key, value, group = _key_value(key_reading.key, b["v_in"])
+        return Operand(query), q_scale, KeyReading(key, key_reading.scale, key_reading.form), Operand(value), group, None
+
+
+def _causal_terms(terms: list[MaskTerm], scores: ir.Value, softmax: ir.Node) -> tuple[int, list[MaskTerm], str]:
+    """A mask term built from shapes alone that equals a causal mask becomes the `causal` attribute
+    (GPT-2's sliced lower triangle, Trilu, Less of Ranges, ...): returns the mode, the other terms and
+    what the causal term was. With a finite fill (-10000, the float minimum) the term is taken only where
+    no query row can be fully masked, so the result is the same: upper-left, or lower-right with
+    provably at least as many keys as queries."""
+    shape = dims(scores)
+    if not terms or shape is None or len(shape) < 2:
+        return 0, terms, ""
+    graph = softmax.graph
+    opset = standard_opset(graph.opset_imports, 13) if isinstance(graph, ir.Graph) else 13
+    q_len, kv_len = shape[-2], shape[-1]
+    for index, term in enumerate(terms):
+        mode = causal_mode(term.value, term.kind, q_len, kv_len, opset, MAX_FILL)
+        finite = term.kind == "add" or not math.isinf(term.fill)
+        if mode == 2 and finite and not at_least(kv_len, q_len):
+            continue
+        if mode:
+            what = "additive" if term.kind == "add" else f"Where ({term.kind}, fill {term.fill:g})"
+            return mode, terms[:index] + terms[index + 1:], f"{what} mask '{term.value.name}'"
+    return 0, terms, ""
 
 
 def _check_softmax_axis(softmax: ir.Node, score_rank: int | None) -> None:
     if score_rank is None:
         raise Refusal("the rank of the attention scores is unknown (no shape information)", softmax)
     graph = softmax.graph
-    opset = graph.opset_imports.get("", 13) if isinstance(graph, ir.Graph) else 13
+    opset = standard_opset(graph.opset_imports, 13) if isinstance(graph, ir.Graph) else 13
     axis = int_attribute(softmax, "axis", -1 if opset >= 13 else 1)  # the default changed in opset 13
     if axis not in (-1, score_rank - 1):
         raise Refusal(f"the Softmax is over axis {axis}, not the last (key) axis of rank-{score_rank} scores", softmax)
@@ -178,24 +215,44 @@ def _dialect(b: dict[str, Any], operand_scale: bool) -> str:
     return "eager"
 
 
-def _builders(layout: str, query: ir.Value, key: Operand, value: ir.Value, terms: list[MaskTerm], dtype: Any):
-    mask_rank = max((rank(term.value) or 0 for term in terms), default=0)
+def _builders(layout: str, query: Operand, key: Operand, value: Operand, terms: list[MaskTerm], dtype: Any,
+              out_perm: tuple[int, ...] | None = None):
+    ranks = [rank(term.value) for term in terms]
+    mask_rank = None if None in ranks else max(ranks, default=0)
 
     def build_inputs(op: Any) -> list[ir.Value | None]:
         mask = build_mask(op, terms, dtype)
-        operands = [query, key.build(op), value]
+        operands = [query.build(op), key.build(op), value.build(op)]
         if layout == "(bh)sd":
             operands = [_unsqueeze(op, x, 1) for x in operands]
-            if mask is not None and mask_rank >= 3:
+            if mask is not None and mask_rank is None:
+                mask = _heads_axis_at_run_time(op, mask)
+            elif mask is not None and mask_rank >= 3:
                 mask = _unsqueeze(op, mask, 1)
         return [*operands, mask]
 
     def finish(op: Any, out: ir.Value) -> ir.Value:
+        if out_perm is not None:
+            return op.Transpose(out, perm=list(out_perm))
         if layout != "(bh)sd":
             return out
         return op.Squeeze(out, op.Constant(value=ir.tensor(np.array([1], np.int64))))
 
     return build_inputs, finish
+
+
+def _heads_axis_at_run_time(op: Any, mask: ir.Value) -> ir.Value:
+    """A mask of unknown rank for [N, S, T] scores, given a 1 before its last two axes ([N, S, T] ->
+    [N, 1, S, T], [S, T] -> [1, S, T], [T] -> [1, T]): it then broadcasts to the op's [N, 1, S, T]
+    scores as it did to [N, S, T]."""
+    shape = op.Shape(mask)
+    lead = op.Slice(shape, _ints(op, [0]), _ints(op, [-2]))
+    tail = op.Slice(shape, _ints(op, [-2]), _ints(op, [np.iinfo(np.int64).max]))
+    return op.Reshape(mask, op.Concat(lead, _ints(op, [1]), tail, axis=0))
+
+
+def _ints(op: Any, values: list[int]) -> ir.Value:
+    return op.Constant(value=ir.tensor(np.array(values, np.int64)))
 
 
 def _unsqueeze(op: Any, value: ir.Value, axis: int) -> ir.Value:

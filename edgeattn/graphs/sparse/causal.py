@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
 from edgeattn.ops.dims import canonical_dim
-from edgeattn.ops.spec import DOMAIN
+from edgeattn.ops.spec import DOMAIN, standard_opset
 from edgeattn.graphs.values import dims
 
 _MAX_CONE_NODES = 200
@@ -96,7 +96,7 @@ def _factor(model: ir.Model, mask: ir.Value, q_len: object, kv_len: object) -> F
         return None
     if not any(_lengths_match(f, q_len, kv_len) for f in geometry):
         return None
-    if not _is_lower_right_causal(geometry, model.opset_imports.get("", 21)):
+    if not _is_lower_right_causal(geometry, standard_opset(model.opset_imports, 21)):
         return None
     if not rest:
         return Factored(None, ())

@@ -13,12 +13,12 @@ from edgeattn.errors import RecipeError
 from edgeattn.graphs.detect import SITE_TAG
 from edgeattn.graphs.attach import call_facts
 from edgeattn.ops.registry import Registry
-from edgeattn.ops.spec import DOMAIN
+from edgeattn.ops.spec import DOMAIN, standard_opset
 
 
 def check_sparse_sites(model: ir.Model, registry: Registry) -> None:
     """Every edgeattn node of the main graph against its op's checks."""
-    opset = model.opset_imports.get("", 0)
+    opset = standard_opset(model.opset_imports, 0)
     for node in model.graph:
         spec = registry.find(node.domain, node.op_type) if node.domain == DOMAIN else None
         if spec is None or (spec.check is None and spec.check_site is None):

@@ -19,7 +19,7 @@ from edgeattn.graphs.apply import remove_unused
 from edgeattn.graphs.detect import LAYER_TAG, LOWERED_TAG, SITE_TAG
 from edgeattn.graphs.attach import call_facts
 from edgeattn.ops.ort import OrtLowering, Plan, SharedValues
-from edgeattn.ops.spec import DOMAIN, OpSpec
+from edgeattn.ops.spec import DOMAIN, OpSpec, standard_opset
 from edgeattn.ops.bodies import Nodes
 from edgeattn.ops.registry import Registry, default_registry
 
@@ -50,7 +50,7 @@ def lower_for_ort(model: ir.Model, settings: OrtLowering | None = None,
     (`AttachFunctionBodies`)."""
     settings = settings or OrtLowering()
     registry = registry or default_registry()
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    opset = standard_opset(model.opset_imports, 0)
     shared = SharedValues()
     report = []
     for node in [n for n in model.graph if n.domain == DOMAIN]:
@@ -69,7 +69,7 @@ def lower_for_ort(model: ir.Model, settings: OrtLowering | None = None,
 
 def _replace(model: ir.Model, node: ir.Node, plan: Plan, shared: SharedValues, settings: OrtLowering,
              attrs: dict[str, Any]) -> None:
-    b = Nodes(model.opset_imports[""], f"{node.name}/ort")
+    b = Nodes(standard_opset(model.opset_imports, 0), f"{node.name}/ort")
     out = plan.build(b, shared, settings)
     kind = plan.name
     layer = node.metadata_props.get(LAYER_TAG)

@@ -186,8 +186,16 @@ def build(b: Build, arch: int, *, ptx_version: int | None = None) -> dict[str, A
         k = compile_aot(fn, params=params, constexprs=consts, arch=arch, num_warps=warps, num_stages=2,
                         ptx_version=ptx_version)  # fmt: skip
         kernels.append(k.launch_signature(grid) | {"ptx": k.ptx})
-    return {"op": b.op, "variant": b.name, "attributes": asdict(b), "kernels": kernels,
+    return {"op": b.op, "variant": b.name, "attributes": asdict(b), "kernels": kernels, "tensors": _workspace(b),
             "requires": ["tensors contiguous; pointers 16-byte aligned (compiled with divisibility hints)"]}  # fmt: skip
+
+
+def _workspace(b: Build) -> dict[str, str]:
+    """The intermediate tensors a launcher provides (a TensorRT plugin: from its workspace)."""
+    if isinstance(b, TokenScoreBuild):
+        rows = "1" if b.source == "cls" else "S"
+        return {} if b.from_probs else {"Stats": f"[B*H,{rows},2] fp32 workspace"}
+    return {"Var": "[B,N] fp32 workspace", "Rank": "[B,N] int32 workspace"} if b.mode == "regions" else {}
 
 
 def write(b: Build, arch: int, out_dir: Path, *, ptx_version: int | None = None) -> Path:

@@ -78,3 +78,27 @@ def _hidden_of_output(value_hidden: int | str | None, attributes: Mapping[str, A
     if not isinstance(value_hidden, int) or q_heads <= 0:
         return None
     return value_hidden // kv_heads * q_heads
+
+
+# Parts of the standard Attention contract the TensorRT form cannot carry (attribute -> its "off" value).
+_TRT_OFF = {"softcap": 0.0, "left_window_size": -1, "right_window_size": -1, "qk_matmul_output_mode": 0}
+_TRT_INPUTS = ("Q", "K", "V", "mask")
+_TRT_EXTRA_INPUTS = ("past_key", "past_value", "nonpad_kv_seqlen")
+_TRT_EXTRA_OUTPUTS = ("present_key", "present_value", "qk_matmul_output")
+
+
+def trt_unsupported(attributes: Mapping[str, Any], n_inputs: int, n_outputs: int) -> str | None:
+    """Why an Attention node cannot take the TensorRT form (its plugin takes Q, K, V and a mask, and
+    gives Y), or None when the form carries everything it uses. `n_inputs` / `n_outputs` count the
+    node's inputs and outputs up to the last present one."""
+    if n_inputs > len(_TRT_INPUTS):
+        used = ", ".join(_TRT_EXTRA_INPUTS[: n_inputs - len(_TRT_INPUTS)])
+        return f"the TensorRT form of {NAME} takes Q, K, V and a mask only, not {used} (a KV cache inside the op)"
+    if n_outputs > len(OUTPUTS):
+        used = ", ".join(_TRT_EXTRA_OUTPUTS[: n_outputs - len(OUTPUTS)])
+        return f"the TensorRT form of {NAME} gives Y only, not {used}"
+    for name, off in _TRT_OFF.items():
+        value = attributes.get(name, off)
+        if value is not None and value != off:
+            return f"the TensorRT form of {NAME} does not carry {name} = {value} (use --target ort)"
+    return None

@@ -7,8 +7,12 @@ one in place: heads split and merged around it, the mask converted or a zero mas
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 import onnx_ir as ir
+
+from edgeattn.ops.trt_plugin import Dim, In, KernelChoice, NodeView, PluginDef, power_of_two_in
 
 BOOL = ir.DataType.BOOL
 
@@ -99,3 +103,75 @@ def _additive_mask(node: ir.Node, mask: ir.Value | None, dtype: ir.DataType) -> 
     if mask.dtype != dtype:
         return _before(node, "mask_cast", "Cast", [mask], to=int(dtype))
     return mask
+
+
+# -- the plugin ---------------------------------------------------------------------------------------------
+
+KERNEL_TYPES = ("fp16", "bf16")  # the flash kernels' AOT builds
+
+
+def flash_kernel_reason(view: "NodeView", mask_position: int | None) -> str | None:
+    """Why the flash kernels (`edgeattn.kernels.skip_softmax`) cannot compute this 4-D attention node, or None."""
+    query, key, value = view.input(0), view.input(1), view.input(2)
+    if query is None or key is None or value is None or query.shape is None or len(query.shape) != 4:
+        return "Q is not 4-D [B, H, S, d] (the kernels read that layout)"
+    if query.dtype not in KERNEL_TYPES:
+        return f"{query.dtype or 'an unknown type'} (the kernels are built for fp16 and bf16; export with --dtype fp16)"
+    head = query.shape[3]
+    if not power_of_two_in(head):
+        return f"head size {head} (the kernels take a static power of two in [16, 256])"
+    for name, view_ in (("K", key), ("V", value)):
+        if view_.shape is None or len(view_.shape) != 4 or view_.shape[3] != head:
+            return f"{name}'s head size differs from Q's {head}"
+    mask = view.input(mask_position) if mask_position is not None else None
+    if mask is not None and (mask.constant is None or np.any(mask.constant != 0)):
+        return "an attention mask (the kernels apply causal masking only)"
+    causal = int(view.attributes.get("causal", 0))
+    if causal == 1:
+        q_len, kv_len = query.shape[2], key.shape[2]
+        if not (isinstance(q_len, int) and q_len == kv_len):
+            return "upper-left causal masking with query and key lengths not known equal (the kernels align causal masks lower-right)"
+    return None
+
+
+def flash_build(view: "NodeView", scale_factor: float, block_m: int = 128, block_n: int = 64) -> dict[str, Any]:
+    """The flash kernel's build for a node; wide heads take 64-row tiles, which fit the shared memory of every
+    target (sm_75's 64 KB included) and change no result of dense attention."""
+    query = view.input(0)
+    assert query is not None and query.shape is not None
+    head = int(query.shape[3])  # type: ignore[arg-type]
+    scale = float(view.attributes.get("scale", 0.0))
+    return {"head_dim": head, "dtype": query.dtype, "mode": "prefill", "causal": int(view.attributes.get("causal", 0)) != 0,
+            "scale_factor": float(scale_factor), "sm_scale": scale if scale > 0 else None,
+            "block_m": block_m if head <= 64 else min(block_m, 64), "block_n": block_n}  # fmt: skip
+
+
+def _choose(view: "NodeView") -> "KernelChoice | str":
+    reason = flash_kernel_reason(view, mask_position=3)
+    if reason is not None:
+        return reason
+    return KernelChoice("skip_softmax", (flash_build(view, 0.0),), "SkipSoftmaxBuild")
+
+
+def flash_symbols(attrs: Mapping[str, Any], present: tuple[int, ...], dims: Sequence[Sequence[int]]) -> dict[str, int]:
+    batch, q_heads, q_len, head = dims[0]
+    return {"B": batch, "Hq": q_heads, "Lq": q_len, "D": head, "Hkv": dims[1][1], "Lkv": dims[1][2], "S": 1}
+
+
+def flash_output_dims(attrs: Mapping[str, Any], present: tuple[int, ...]) -> list[list[Dim]]:
+    return [[In(0, 0), In(0, 1), In(0, 2), In(2, 3)]]
+
+
+def _combos(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> list[tuple[str, ...]]:
+    return [(t,) * (len(present) + outputs) for t in KERNEL_TYPES]
+
+
+def _bindings(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> tuple[tuple, tuple]:
+    names = {0: "Q", 1: "K", 2: "V"}
+    return tuple(names.get(p) for p in present), ("Out",)
+
+
+def plugin_def(spec: Any) -> PluginDef:
+    return PluginDef(spec, output_dims=flash_output_dims, output_types=lambda attrs, types: [types[0]],
+                     type_combos=_combos, choose=_choose, symbols=flash_symbols, bindings=_bindings,
+                     notes="the dense flash kernel (skip-softmax kernels with nothing skipped)")

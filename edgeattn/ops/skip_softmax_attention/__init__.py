@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edgeattn.ops.skip_softmax_attention import spec
 from edgeattn.ops.skip_softmax_attention.function import build_function, function_key
-from edgeattn.ops.skip_softmax_attention.trt import to_trt_form
+from edgeattn.ops.skip_softmax_attention.trt import plugin_def, to_trt_form
 from edgeattn.ops.spec import SparseFlag, declare, lazy
 
 NO_ORT_KERNEL = "onnxruntime has no tile-skipping kernel: the exact body computes every score"
@@ -24,6 +24,6 @@ SPEC = declare(spec, kind="attention", reference=lazy("edgeattn.ops.skip_softmax
                function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",),
                ort_lowering=ort_lowering, note=NOTE,
                sparse_flags=(SparseFlag("blasst", "SkipSoftmaxAttention (BLASST), λ = scale_factor / Lkv",
-                                        aliases={"sf": "scale_factor", "splits": "num_splits"}),), kernels=("skip_softmax",))
+                                        aliases={"sf": "scale_factor", "splits": "num_splits"}),), kernels=("skip_softmax",), plugin=plugin_def)
 
 __all__ = ["SPEC"]
