@@ -269,3 +269,14 @@ def test_a_tile_too_large_for_an_architecture_is_one_line() -> None:
     big = {"head_dim": 128, "dtype": "fp16", "causal": True, "scale_factor": 10.0, "block_m": 128}
     with pytest.raises(AotBuildError, match="sm_75 allows 65536 per block"):
         compile_records([{"family": "skip_softmax", "build_class": "SkipSoftmaxBuild", "build": big, "arch": 75}])
+
+
+@pytest.mark.parametrize("layout", ["select", "window"])
+def test_the_block_sparse_plugin_launch_equals_the_reference(layout: str) -> None:
+    attrs = {"layout": layout, "block_size": 16, "keep": 0.5, "causal": 2, "window": 24, "sinks": 4}
+    q, k, v = _rand(1, 4, 40, 16, seed=13), _rand(1, 2, 72, 16, seed=14), _rand(1, 2, 72, 16, seed=15)
+    out = torch.empty_like(q)
+    run_plugin("BlockSparseAttention", attrs, [q, k, v], [out])
+    ref = get_op("BlockSparseAttention").reference(q.double(), k.double(), v.double(), **attrs)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    torch.testing.assert_close(out.double(), ref.double(), atol=2e-3, rtol=2e-3)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from ..errors import EdgeAttnError, RuntimeUnavailableError
 
 __all__ = [
+    "DEFAULT_ARCHS",
     "TARGETS",
     "AotBuildError",
     "AotKernel",
@@ -144,6 +145,10 @@ TARGETS: dict[int, AotTarget] = {
     120: AotTarget(120, 99 * 1024, "Blackwell: RTX 50xx, RTX PRO"),
     121: AotTarget(121, 99 * 1024, "Blackwell: DGX Spark (GB10)"),
 }
+
+DEFAULT_ARCHS = (87, 89, 90)
+"""What the ``python -m edgeattn.kernels.<family>.aot`` scripts build without --arch: Jetson Orin, Ada, Hopper
+(`edgeattn compile` builds exactly the targets of the engine)."""
 
 ParamRole = Literal["input", "scalar", "output"]
 

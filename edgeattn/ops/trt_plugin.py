@@ -104,6 +104,7 @@ class NodeView:
     inputs: tuple[InputView, ...]  # the node's inputs, in its order (the TensorRT form passes present ones only)
     present: tuple[int, ...]  # the op-level position of each input
     outputs: int
+    longest: int | None = None  # the longest dim the engine's profile allows (sizes selection tiles)
 
     def input(self, position: int) -> InputView | None:
         """The input at op-level `position`, None when absent."""

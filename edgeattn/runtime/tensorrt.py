@@ -365,7 +365,8 @@ def build_engine(backend: Backend, component: Component, arch: Sequence[str], di
 
     trt = backend.module
     prepared = prepare_onnx(component.onnx)
-    data, plan = trt_plugins.plan_plugins(prepared.model, kernel_archs(arch), use_plugins=plugins)
+    longest = max((dims(name).max for name in _declared_dims(component, prepared)), default=None)
+    data, plan = trt_plugins.plan_plugins(prepared.model, kernel_archs(arch), plugins, longest)
     logger = _logger(trt)
     builder = trt.Builder(logger)
     flags = 0

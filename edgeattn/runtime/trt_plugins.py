@@ -42,7 +42,7 @@ class PluginPlan:
         return next((n for n in self.nodes if n.node == name), None)
 
 
-def _view(node: Any, model: Any) -> Any:
+def _view(node: Any, model: Any, longest: int | None = None) -> Any:
     """The NodeView of an onnx-ir node in the TensorRT form."""
     from edgeattn.ops.trt_plugin import ONNX_TYPES, InputView, NodeView
 
@@ -71,19 +71,21 @@ def _view(node: Any, model: Any) -> Any:
         dtype = ONNX_TYPES.get(int(value.dtype)) if value.dtype is not None else None
         inputs.append(InputView(dtype, shape, constant))
     positions = tuple(int(p) for p in present) if present is not None else tuple(range(len(inputs)))
-    return NodeView(attrs, tuple(inputs), positions, len(node.outputs))
+    return NodeView(attrs, tuple(inputs), positions, len(node.outputs), longest)
 
 
-def kernel_reason(node: Any, model: Any, spec: Any) -> tuple[Any, Any]:
+def kernel_reason(node: Any, model: Any, spec: Any, longest: int | None = None) -> tuple[Any, Any]:
     """(PluginDef, KernelChoice) for a node its op's plugin can compute, else (PluginDef or None, reason)."""
     definition = spec.plugin_def()
     if definition is None:
         return None, f"{spec.name} has no GPU kernel yet (its function body runs in TensorRT)"
-    return definition, definition.choose(_view(node, model))
+    return definition, definition.choose(_view(node, model, longest))
 
 
-def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = True) -> tuple[bytes, PluginPlan]:
-    """The serialized model for the parser (body nodes re-versioned) and its plan. `archs`: the AOT targets."""
+def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = True,
+                 longest: int | None = None) -> tuple[bytes, PluginPlan]:
+    """The serialized model for the parser (body nodes re-versioned) and its plan. `archs`: the AOT targets;
+    `longest`: the largest symbolic dim of the engine's profile (kernels size their selection tiles by it)."""
     import onnx_ir as ir
 
     from edgeattn.graphs.attach import spec_of
@@ -102,7 +104,7 @@ def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = Tru
         if not use_plugins:
             definition, choice = None, "plugins turned off (--no-plugins)"
         else:
-            definition, choice = kernel_reason(node, model, spec)
+            definition, choice = kernel_reason(node, model, spec, longest)
         if isinstance(choice, str):
             plan.nodes.append(NodePlan(node.name, spec.name, False, reason=choice))
             version = node.attributes.get("plugin_version")
@@ -123,7 +125,7 @@ def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = Tru
             for arch in archs:
                 by_arch[arch].append(records[at])
                 at += 1
-        view = _view(node, model)
+        view = _view(node, model, longest)
         plan.bundles[node.name] = Bundle(view.present, len(node.outputs), by_arch).to_bytes()
         plan.definitions[node.op_type] = definition
         variant = next(iter(by_arch.values()))[0].get("variant", "")

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, AotBuildError, KernelParam, build_all, write_build, compile_fitting
+from ..triton_aot import DEFAULT_ARCHS, TARGETS, AotBuildError, KernelParam, build_all, write_build, compile_fitting
 from .config import attention_config, next_power_of_two, pool_rows, select_config
 
 __all__ = ["BlockSparseBuild", "build", "main", "parameter_order", "write"]
@@ -148,7 +148,8 @@ def _select(b: BlockSparseBuild) -> tuple[list[KernelParam], dict[str, Any], int
             params.append(_ptr(name, "*i8" if name == "MaskIn" else "*i32" if name == "DenseHeads" else "*fp32", "input"))
         else:
             consts[name] = None
-    budget = "max(1,ceil(keep*nKB-1e-4)) or keep_blocks" if b.mode == "topk" and b.layout == "select" else "1"
+    # topk: keep_blocks, or max(1, ceil(keep·nKB - 1e-4)) (geometry.budget_of): a launcher computes it
+    budget = "budget" if b.mode == "topk" and b.layout == "select" else "1"
     params += [_i32("num_kv_heads", "Hkv"), _i32("kv_group", "Hq/Hkv"), _i32("q_len", "Lq"),
                _i32("first_block", "first"), _i32("n_q_blocks", "nQB"), _i32("n_kv_blocks", "nKB"),
                _i32("budget", budget), _i32("local_blocks", "local_blocks"), _i32("sink_blocks", "sink_blocks"),
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgeattn.kernels.block_sparse.aot",
                                      description=__doc__.split("\n")[0])  # fmt: skip
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", type=int, nargs="+", default=sorted(TARGETS), choices=sorted(TARGETS))
+    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), choices=sorted(TARGETS))
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--dtype", nargs="+", default=["fp16"], choices=["fp16", "bf16"])
     parser.add_argument("--layout", nargs="+", default=["select", "window"], choices=["select", "mask", "window"])

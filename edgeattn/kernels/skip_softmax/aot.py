@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, AotBuildError, KernelParam, build_all, compile_aot, write_build, compile_fitting
+from ..triton_aot import DEFAULT_ARCHS, TARGETS, AotBuildError, KernelParam, build_all, compile_aot, write_build, compile_fitting
 from .config import default_config
 
 __all__ = ["SkipSoftmaxBuild", "build", "main", "parameter_order", "write"]
@@ -187,7 +187,7 @@ def write(b: SkipSoftmaxBuild, arch: int, out_dir: Path, *, ptx_version: int | N
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgeattn.kernels.skip_softmax.aot", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", type=int, nargs="+", default=sorted(TARGETS), choices=sorted(TARGETS))
+    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), choices=sorted(TARGETS))
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--dtype", nargs="+", default=["fp16"], choices=["fp16", "bf16"])
     parser.add_argument("--mode", nargs="+", default=["prefill", "decode"], choices=["prefill", "decode"])

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..triton_aot import TARGETS, KernelParam, build_all, compile_aot, write_build
+from ..triton_aot import DEFAULT_ARCHS, TARGETS, KernelParam, build_all, compile_aot, write_build
 
 __all__ = ["TokenScoreBuild", "TokenSelectBuild", "build", "main", "parameter_order", "write"]
 
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgeattn.kernels.tokens.aot",
                                      description=__doc__.split("\n")[0])  # fmt: skip
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--arch", type=int, nargs="+", default=sorted(TARGETS), choices=sorted(TARGETS))
+    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), choices=sorted(TARGETS))
     parser.add_argument("--max-tokens", type=int, default=2304)
     parser.add_argument("--ptx-version", type=int, default=None)
     args = parser.parse_args(argv)

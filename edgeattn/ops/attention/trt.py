@@ -12,13 +12,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from edgeattn.ops.attention.spec import trt_unsupported
 from edgeattn.ops.trt_plugin import Dim, In, KernelChoice, NodeView, PluginDef, power_of_two_in
 
 BOOL = ir.DataType.BOOL
 
 
 def to_trt_form(node: ir.Node) -> None:
-    """Rewrite `node` (in its graph) into the TensorRT signature; ValueError when types are unknown."""
+    """Rewrite `node` (in its graph) into the TensorRT signature; ValueError when types are unknown or the
+    node uses a part of the op the TensorRT form does not carry."""
+    reason = trt_unsupported({name: attr.value for name, attr in node.attributes.items()}, len(node.inputs),
+                             len(node.outputs))  # fmt: skip
+    if reason is not None:
+        raise ValueError(reason)
     query = node.inputs[0]
     if query is None or query.dtype is None:
         raise ValueError(f"the element type of Q of {node.name} is unknown")

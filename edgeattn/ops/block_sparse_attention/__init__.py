@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgeattn.ops.block_sparse_attention import spec
 from edgeattn.ops.block_sparse_attention.function import build_function, function_key, to_trt_form
+from edgeattn.ops.block_sparse_attention.trt import plugin_def
 from edgeattn.ops.spec import SparseFlag, declare, lazy
 
 _BOTH = {"heads": spec.parse_heads_flag, "decode": spec.parse_decode_flag}
@@ -20,6 +21,6 @@ SPEC = declare(spec, kind="attention", reference=lazy("edgeattn.ops.block_sparse
                                  "block_sparse_attention_reference"),
                function_key=function_key, build_function=build_function, to_trt_form=to_trt_form, tags=("sparse",),
                check_site=spec.check_site, ort_lowering=lazy("edgeattn.ops.block_sparse_attention.ort", "ort_lowering"),
-               sparse_flags=FLAGS, kernels=("block_sparse",))
+               sparse_flags=FLAGS, kernels=("block_sparse",), plugin=plugin_def)
 
 __all__ = ["SPEC"]
