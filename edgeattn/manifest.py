@@ -31,6 +31,10 @@ MAX_MANIFEST_BYTES = 64 * 1024**2
 _NEEDS = {"decoder": ("embed", "decoder"), "vlm": ("vision", "embed", "decoder"), "encoder": ("encoder",),
           "vision": ("vision",)}
 _MAX_DIM = 1 << 24
+# `export --dtype` names -> the ONNX / numpy name of the float type of weights, activations and KV cache.
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# Manifests written before `--dtype` existed say "float32"; they read as "fp32".
+_LEGACY_DTYPES = {"float32": "fp32"}
 
 
 class ManifestError(EdgeAttnError):
@@ -94,9 +98,16 @@ class Manifest:
     validation: Mapping[str, Any] | None = None  # errors measured against PyTorch, per component
     note: str | None = None
     document: Mapping[str, Any] = field(default_factory=dict)  # the JSON as read (for to_json)
+    dtype: str = "fp32"  # a key of DTYPES: the float type of the weights, float inputs/outputs and KV cache
+    calibration: Mapping[str, Any] | None = None  # the calibration record (edgeattn calibrate)
 
     def file_of(self, component: str) -> str:
         return self.components[component].file
+
+    @property
+    def float_type(self) -> str:
+        """The numpy / ONNX name of `dtype` ("float32", "float16", "bfloat16")."""
+        return DTYPES[self.dtype]
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.document))
@@ -171,15 +182,20 @@ def _parse(data: Any, folder: Path, where: str) -> Manifest:
         image_token_id = _int(data.get("image_token_id"), "image_token_id", 0, 1 << 40, bad)
         image_token_count = _int(data.get("image_token_count"), "image_token_count", 1, _MAX_DIM, bad)
     records = {}
-    for name in ("encoder", "pruning", "sparse", "rewrite", "validation"):
+    for name in ("encoder", "pruning", "sparse", "rewrite", "validation", "calibration"):
         value = data.get(name)
         if value is not None and not isinstance(value, dict):
             bad(name, "an object (or null)")
         records[name] = value
     note = data.get("note")
+    dtype = data.get("dtype", "fp32")  # absent in manifests older than `export --dtype`
+    dtype = _LEGACY_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else None
+    if dtype not in DTYPES:
+        bad("dtype", f"one of {', '.join(DTYPES)}")
     return Manifest(family, components, str(data.get("model", "")), tokenizer, decoder, vision,
                     records["encoder"], image_token_id, image_token_count, records["pruning"], records["sparse"],
-                    records["rewrite"], records["validation"], note if isinstance(note, str) else None, data)
+                    records["rewrite"], records["validation"], note if isinstance(note, str) else None, data,
+                    dtype=dtype, calibration=records["calibration"])
 
 
 def _components(value: Any, folder: Path, where: str, bad: Callable[..., NoReturn]) -> dict[str, ComponentEntry]:
@@ -255,5 +271,5 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["FORMAT", "MANIFEST", "SCHEMA_VERSION", "ComponentEntry", "DecoderGeometry", "Manifest", "ManifestError",
+__all__ = ["DTYPES", "FORMAT", "MANIFEST", "SCHEMA_VERSION", "ComponentEntry", "DecoderGeometry", "Manifest", "ManifestError",
            "VisionInfo", "read_manifest", "write_manifest"]

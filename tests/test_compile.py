@@ -192,6 +192,44 @@ def test_every_op_builds_an_sm89_engine_without_plugins(case: tuple, trt_ready: 
         assert "MATRIX_MULTIPLY" in summary["layer_types"]  # the body's QKᵀ and P·V, inlined
 
 
+def _h(*shape: int) -> np.ndarray:
+    return R.standard_normal(shape).astype(np.float16)
+
+
+D16 = 16
+# fp16 nodes the kernels compute (head size 16): each becomes a plugin layer
+PLUGIN_CASES: list[tuple[str, str, list, dict[str, Any], list[tuple[str, Any, int]]]] = [
+    ("attention-causal", "Attention", [_h(B, H, S, D16), _h(B, HKV, S, D16), _h(B, HKV, S, D16)], {"causal": 2},
+     [("Y", ir.DataType.FLOAT16, 4)]),
+    ("skip-softmax", "SkipSoftmaxAttention", [_h(B, H, S, D16), _h(B, HKV, S, D16), _h(B, HKV, S, D16)],
+     {"scale_factor": 4.0, "block_m": 16, "block_n": 16, "causal": 2}, [("Y", ir.DataType.FLOAT16, 4)]),
+    ("block-sparse-select", "BlockSparseAttention", [_h(B, H, S, D16), _h(B, HKV, S, D16), _h(B, HKV, S, D16)],
+     {"layout": "select", "block_size": 16, "keep": 0.5, "causal": 2}, [("Y", ir.DataType.FLOAT16, 4)]),
+    ("block-sparse-window", "BlockSparseAttention", [_h(B, H, S, D16), _h(B, HKV, S, D16), _h(B, HKV, S, D16)],
+     {"layout": "window", "window": 16, "sinks": 2, "block_size": 16}, [("Y", ir.DataType.FLOAT16, 4)]),
+    ("token-score-cls", "TokenScore", [_h(B, H, N + 1, D16), _h(B, H, N + 1, D16)], {"source": "cls"},
+     [("scores", F, 2)]),
+    ("token-select-regions", "TokenSelect", [np.abs(_f(B, N)), _h(B, N + 1, D16)],
+     {"k": 6, "mode": "regions", "prefix": 1, "regions": 4}, [("selected", ir.DataType.FLOAT16, 3),
+                                                              ("kept_indices", I64, 2)]),
+]
+
+
+@pytest.mark.parametrize("case", PLUGIN_CASES, ids=[c[0] for c in PLUGIN_CASES])
+def test_every_plugin_op_builds_an_sm89_plugin_layer(case: tuple, trt_ready: None, tmp_path: Path) -> None:
+    name, op, arrays, attrs, outputs = case
+    path = tmp_path / "one.onnx"
+    ir.save(node_model(op, arrays, attrs, outputs, "trt"), path)
+    document = rt.compile_engines(path, _empty(tmp_path / "out"), rt.CompileOptions(arch=ARCH, shapes=f"batch={B}"))
+    engine = document["engines"]["one"]
+    (summary,) = engine["edgeattn_nodes"]
+    assert summary["op"] == op and summary["as"] == "plugin", summary
+    assert engine["layer_types"].get("PLUGIN_V3") == 1
+    resolved = get_op(op).resolve(attrs)
+    for key, value in attrs.items():  # the fields TensorRT handed the plugin are the node's attributes
+        assert summary["fields"][key] == pytest.approx(resolved[key]), key
+
+
 def _empty(folder: Path) -> Path:
     folder.mkdir()
     return folder
@@ -208,8 +246,10 @@ def exports(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("compile_exports")
     export_model("demo:tiny-llama", root / "llama", ExportOptions(validate=False, rewrite=True, target="trt"))
-    export_model("demo:tiny-llava", root / "llava", ExportOptions(validate=False, prune="fastervlm:16", target="trt"))
-    return {"llama": root / "llama", "llava": root / "llava"}
+    export_model("demo:tiny-llava", root / "llava", ExportOptions(validate=False, prune="fastervlm:16", target="trt",
+                                                                  dtype="fp16"))
+    export_model("demo:tiny-vit", root / "vit", ExportOptions(validate=False, dtype="fp16"))
+    return {"llama": root / "llama", "llava": root / "llava", "vit": root / "vit"}
 
 
 def _compile(args: list[str]) -> Any:
@@ -237,6 +277,8 @@ def test_a_rewritten_decoder_folder_compiles(exports: dict[str, Path], tmp_path:
     nodes = decoder["edgeattn_nodes"]
     assert len(nodes) == 2 and {(n["op"], n["op_type"], n["as"]) for n in nodes} == {
         ("Attention", "EdgeAttention", "inlined body")}
+    # float32, and the decoder's padding mask: neither has a kernel yet, and compile.json says so
+    assert all(n["reason"].startswith("fp32") for n in nodes)
     assert all(n["layer_types"].get("MATRIX_MULTIPLY", 0) >= 2 and n["layer_types"].get("SOFTMAX") == 1 for n in nodes)
     layers = decoder["layers"]
     assert not any(layer["type"].startswith("PLUGIN") for layer in layers)
@@ -244,20 +286,61 @@ def test_a_rewritten_decoder_folder_compiles(exports: dict[str, Path], tmp_path:
     assert decoder["engine_layers"]["available"] or "CUDA" in decoder["engine_layers"]["reason"]
 
 
-def test_a_pruned_vision_component_compiles(exports: dict[str, Path], tmp_path: Path) -> None:
+def test_a_pruned_fp16_vision_component_compiles_with_plugin_layers(exports: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "engines"
     result = _compile([str(exports["llava"]), "--out", str(out), "--arch", ARCH, "--component", "vision",
                        "--shapes", "batch=1/1/2", "--json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
     assert "layers" not in printed["engines"]["vision"]  # --json leaves the layer lists in the file
+    document = _engines(out)
+    vision = document["engines"]["vision"]
+    assert vision["profiles"][0]["pixel_values"]["max"][0] == 2 and document["kernel_archs"] == [89]
+    nodes = {n["op"]: n for n in vision["edgeattn_nodes"]}
+    assert {op: n["as"] for op, n in nodes.items()} == {"TokenScore": "plugin", "TokenSelect": "plugin"}
+    assert nodes["TokenScore"]["kernel"] == "tokens/score_cls_qk_d16_fp16_hmean"
+    assert nodes["TokenSelect"]["kernel"] == "tokens/select_topk_n64_fp16"
+    # the fields TensorRT handed each plugin are the node's attributes
+    manifest = json.loads((exports["llava"] / "manifest.json").read_text())
+    assert nodes["TokenSelect"]["fields"]["k"] == manifest["pruning"]["k"] == 16
+    assert nodes["TokenSelect"]["fields"]["mode"] == "topk" and nodes["TokenScore"]["fields"]["source"] == "cls"
+    plugin_layers = [la for la in vision["layers"] if la["type"] == "PLUGIN_V3"]
+    assert sorted(la["name"] for la in plugin_layers) == sorted(n["node"] for n in nodes.values())
+    assert "TOPK" not in vision["layer_types"]  # the selection runs in the plugin, not as an inlined body
+    assert sorted(p.name for p in out.iterdir()) == ["compile.json", "vision.engine"]
+    listed = CliRunner().invoke(cli, ["inspect", str(out / "vision.engine")])  # no GPU: read from compile.json
+    assert listed.exit_code == 0 and "compile.json" in listed.output and "plugin layer prune/TokenSelect" in listed.output
+
+
+def test_without_plugins_the_same_folder_inlines_the_bodies(exports: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "engines"
+    result = _compile([str(exports["llava"]), "--out", str(out), "--arch", ARCH, "--component", "vision",
+                       "--no-plugins"])
+    assert result.exit_code == 0, result.output
     vision = _engines(out)["engines"]["vision"]
-    assert vision["profiles"][0]["pixel_values"]["max"][0] == 2
     assert {(n["op"], n["as"]) for n in vision["edgeattn_nodes"]} == {("TokenScore", "inlined body"),
                                                                         ("TokenSelect", "inlined body")}
-    assert vision["attention_marked_decomposable"] == 2  # the ViT's own float32 Attention ops
     assert "TOPK" in vision["layer_types"] and not any(t.startswith("PLUGIN") for t in vision["layer_types"])
-    assert sorted(p.name for p in out.iterdir()) == ["compile.json", "vision.engine"]
+
+
+@pytest.mark.parametrize(("flag", "op"), [("dense", "Attention"), ("blasst:scale_factor=10", "SkipSoftmaxAttention")])
+def test_fp16_vision_attention_compiles_to_plugin_layers(exports: dict[str, Path], tmp_path: Path, flag: str,
+                                                         op: str) -> None:
+    rewritten = tmp_path / "vision_trt.onnx"
+    result = CliRunner().invoke(cli, ["rewrite", str(exports["vit"] / "vision.onnx"), str(rewritten), "--sparse", flag,
+                                      "--target", "trt"])
+    assert result.exit_code == 0, result.output
+    listed = CliRunner().invoke(cli, ["inspect", str(rewritten), "--json"])
+    assert {(r["op"], r["as"]) for r in json.loads(listed.output)["tensorrt"]} == {(op, "plugin")}
+    out = tmp_path / "engines"
+    result = _compile([str(rewritten), "--out", str(out), "--arch", ARCH, "--timing-cache", str(tmp_path / "t.cache")])
+    assert result.exit_code == 0, result.output
+    engine = _engines(out)["engines"]["vision_trt"]
+    assert {(n["op"], n["as"]) for n in engine["edgeattn_nodes"]} == {(op, "plugin")}
+    assert all(n["kernel"].startswith("skip_softmax/prefill_d16_fp16_full") for n in engine["edgeattn_nodes"])
+    assert engine["layer_types"]["PLUGIN_V3"] == 2
+    timing = _engines(out)["timing_cache"]  # TensorRT-RTX times nothing: the cache is recorded as unused
+    assert timing["used"] is False and "no-op" in timing["why"] and not (tmp_path / "t.cache").exists()
 
 
 def test_a_block_sparse_decoder_compiles(exports: dict[str, Path], tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ def test_an_export_reads_back_typed_and_unchanged(exported) -> None:
     (lambda d: d.update(image_token_count=-1), "image_token_count"),
     (lambda d: d["components"]["vision"].update(file="../x.onnx"), "leads outside"),
     (lambda d: d.update(pruning=[1]), "field 'pruning'"),
+    (lambda d: d.update(dtype="fp8"), "field 'dtype'"),
+    (lambda d: d.update(dtype=["fp16"]), "field 'dtype'"),
 ])
 def test_a_bad_field_is_named(exported, tmp_path, change, message) -> None:
     import shutil
@@ -40,3 +42,17 @@ def test_a_bad_field_is_named(exported, tmp_path, change, message) -> None:
     with pytest.raises(ManifestError):
         write_manifest(folder, document)  # nothing invalid is ever written
     assert read_manifest(folder).family == "vlm"
+
+
+@pytest.mark.parametrize(("written", "read"), [(None, "fp32"), ("float32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16")])
+def test_dtype_reads_typed_and_older_manifests_are_fp32(exported, written, read) -> None:
+    """`dtype` is the `export --dtype` name; manifests from before it (absent, or "float32") are fp32."""
+    folder = exported("demo:tiny-llava")
+    document = json.loads((folder / "manifest.json").read_text())
+    assert document["dtype"] == "fp32" and read_manifest(folder).float_type == "float32"
+    if written is None:
+        document.pop("dtype")
+    else:
+        document["dtype"] = written
+    manifest = Manifest.from_json(document, folder)
+    assert manifest.dtype == read and manifest.to_json() == document

@@ -25,9 +25,12 @@ from edgeattn.cli.common import emit_json, json_option, method_names, progress
 @click.option("--sparse", "sparse", multiple=True, metavar="METHOD[:k=v,...]",
               help=f"Sparse attention for the decoder ({method_names('--sparse')}), e.g. block:keep=0.25,block=64 "
                    "or window:size=1024,sinks=4 or blasst:scale_factor=10 (repeatable).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Float type of the weights, activations, float inputs/outputs and KV cache (validated against "
+                   "PyTorch in the same dtype; bf16 runs in onnxruntime as its exact float32 widening).")
 @json_option
 def export(model: str, out: str, opset: int, no_validate: bool, force: bool, prune: str | None, rewrite: bool,
-           recipe: str | None, target: str, sparse: tuple[str, ...], as_json: bool) -> None:
+           recipe: str | None, target: str, sparse: tuple[str, ...], dtype: str, as_json: bool) -> None:
     """Export MODEL to ONNX components plus OUT/manifest.json.
 
     MODEL is a local Hugging Face folder (config.json + safetensors), demo:NAME (tiny random configs:
@@ -45,15 +48,17 @@ def export(model: str, out: str, opset: int, no_validate: bool, force: bool, pru
 
         sparse_recipe(list(sparse))  # a bad flag fails before anything is loaded
     options = ExportOptions(opset=opset, validate=not no_validate, force=force, prune=spec, rewrite=rewrite,
-                            recipe=recipe, target=target, sparse=sparse)
+                            recipe=recipe, target=target, sparse=sparse, dtype=dtype)
     manifest = export_model(model, out, options, step=lambda text: progress(text, enabled=not as_json))
     if as_json:
         emit_json({"out": out, **manifest.to_json()})
         return
-    click.echo(f"exported {manifest.model} ({manifest.family}, opset {opset}) to {out}")
+    click.echo(f"exported {manifest.model} ({manifest.family}, opset {opset}, {manifest.dtype}) to {out}")
     for name, comp in manifest.components.items():
         worst = _worst_error(manifest, name)
         check = f"max rel error {worst:.2e}" if worst is not None else "not validated"
+        if worst is not None and manifest.dtype == "bf16":
+            check += " (onnxruntime ran its float32 widening)"
         click.echo(f"  {comp.file:<14} {check}")
     if manifest.pruning:
         p = manifest.pruning

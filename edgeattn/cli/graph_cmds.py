@@ -20,10 +20,15 @@ _component_option = click.option(
 @_component_option
 @json_option
 def inspect(model: Path, component: str | None, as_json: bool) -> None:
-    """List the attention sites, edgeattn ops and unmatched Softmax nodes of MODEL."""
+    """List the attention sites, edgeattn ops and unmatched Softmax nodes of MODEL (an .onnx file), and for
+    each edgeattn node whether TensorRT gets it as a plugin or as its function body. For an .engine file
+    written by `edgeattn compile`: its layers."""
     from edgeattn.graphs import find_sites, load
     from edgeattn.graphs.sparse.lower_ort import lowered_sites
 
+    if model.suffix == ".engine":
+        _inspect_engine(model, as_json)
+        return
     loaded = load(model)
     report = find_sites(loaded, component or model.stem)
     lowered = lowered_sites(loaded)
@@ -33,12 +38,17 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
     from edgeattn.ops.registry import default_registry
 
     notes = [op.note for op in default_registry() if op.note and op.name in report.edgeattn_ops]
+    from edgeattn.runtime.trt_plugins import tensorrt_nodes
+
+    tensorrt = tensorrt_nodes(loaded)
     if as_json:
-        emit_json({"model": str(model), **report.to_json(), "lowered": lowered, "pruning": pruning, "notes": notes})
+        emit_json({"model": str(model), **report.to_json(), "lowered": lowered, "pruning": pruning, "notes": notes,
+                   "tensorrt": tensorrt})
         return
     _print_inspect(model, report)
     _print_lowered(lowered)
     _print_pruning(pruning)
+    _print_tensorrt(tensorrt)
     for note in notes:
         click.echo(f"note: {note}")
 
@@ -242,3 +252,28 @@ def _print_inspect(model: Path, report: Any) -> None:
 
 def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _print_tensorrt(rows: list[dict]) -> None:
+    shown = [r for r in rows if r["as"] != "onnxruntime form"]
+    if not shown:
+        return
+    click.echo("TensorRT (what edgeattn compile builds):")
+    for row in shown:
+        how = f"plugin ({row['kernel']} kernels)" if row["as"] == "plugin" else f"function body: {row['reason']}"
+        click.echo(f"  {row['node']:<32} {row['op']:<22} {how}")
+
+
+def _inspect_engine(path: Path, as_json: bool) -> None:
+    from edgeattn.runtime.tensorrt import inspect_engine
+
+    found = inspect_engine(path)
+    if as_json:
+        emit_json(found)
+        return
+    click.echo(f"{path}: {len(found['layers'])} layers ({found['source']})")
+    for layer in found["layers"]:
+        click.echo(f"  {layer.get('type', '?'):<18} {layer.get('name')}")
+    for node in found.get("edgeattn_nodes", []):
+        how = f"plugin layer {node['layer']}" if node["as"] == "plugin" else f"inlined body ({node.get('reason')})"
+        click.echo(f"edgeattn {node['op']} {node['node']}: {how}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,9 @@ import torch
 from edgeattn import __version__
 from edgeattn.errors import ExportError
 from edgeattn.exporter import manifest as mf
-from edgeattn.manifest import FORMAT, Manifest, read_manifest, write_manifest
+from edgeattn.manifest import DTYPES, FORMAT, Manifest, read_manifest, write_manifest
 from edgeattn.exporter.capture import DEFAULT_OPSET, capture
-from edgeattn.exporter.components import Component, components_for
+from edgeattn.exporter.components import Component, components_for, float_dtype
 from edgeattn.exporter.files import save_onnx, staged_folder
 from edgeattn.exporter.rewrite_step import rewrite_components, sparsify_decoder
 from edgeattn.exporter.sources import LoadedModel, load_model
@@ -34,6 +35,7 @@ class ExportOptions:
     recipe: str | None = None  # a recipe file for that rewrite (implies rewrite)
     target: str = "ort"  # what the rewritten graphs are lowered for: "ort" or "trt"
     sparse: tuple[str, ...] = ()  # `--sparse` flags for the decoder (rewritten and lowered for onnxruntime)
+    dtype: str = "fp32"  # a key of `edgeattn.manifest.DTYPES`: weights, float inputs/outputs and KV cache
 
 
 def _no_progress(_: str) -> ContextManager[None]:
@@ -43,17 +45,24 @@ def _no_progress(_: str) -> ContextManager[None]:
 def export_model(
     model: str | LoadedModel, out: str | Path, options: ExportOptions = ExportOptions(), step: Step = _no_progress
 ) -> Manifest:
-    """Export every component of ``model`` into ``out`` and return the manifest written there."""
+    """Export every component of ``model`` into ``out`` and return the manifest written there.
+
+    With ``options.dtype`` other than fp32 the torch model is cast to that dtype (a `LoadedModel` passed in is
+    cast in place) before capture, so weights, float inputs and outputs and the KV cache are in that dtype and
+    whatever the model computes in float32 (Llama's RMSNorm) stays float32."""
     out = Path(out)
+    check_options(options)
     inputs = [Path(model)] if isinstance(model, str) and Path(model).exists() else []
     with staged_folder(out, options.force, inputs) as stage:  # refuse an existing folder before loading anything
         with step(f"load {model if isinstance(model, str) else model.name}"):
             loaded = load_model(model) if isinstance(model, str) else model
+        cast_model(loaded, options.dtype)
         manifest = base_manifest(loaded, options)
         components = components_for(loaded)
         if options.prune is not None and not any(c.name == "vision" for c in components):
             raise ExportError(f"--prune prunes visual tokens, but {loaded.name} ({loaded.family}) has no vision "
                               "component; give a VLM or a vision encoder")
+        check_half_precision_trt(options, loaded, components)
         if options.sparse and not any(c.name == "decoder" for c in components):
             raise ExportError(f"--sparse makes a decoder's attention sparse, but {loaded.name} ({loaded.family}) has "
                               "no decoder component; give a language model or a VLM")
@@ -76,10 +85,52 @@ def export_model(
     return written
 
 
+def check_options(options: ExportOptions) -> None:
+    """Refuse, before anything is loaded, a dtype edgeattn does not export or a combination it cannot honour."""
+    if options.dtype not in DTYPES:
+        raise ExportError(f"unknown dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def check_half_precision_trt(options: ExportOptions, loaded: LoadedModel, components: list[Component]) -> None:
+    """Measured with TensorRT-RTX 1.7.1 (2026-12): the inlined body of a rewritten vision attention (no mask)
+    fails to build in fp16 and bf16 (the builder segfaults on tiny-vit, a MyelinCheckException on tiny-llava's
+    CLIP tower) while its fp32 form, the fp16 decoder's and the plain fp16 export's standard Attention build."""
+    rewrites = options.rewrite or options.recipe
+    if options.dtype != "fp32" and options.target == "trt" and rewrites and any(c.name == "vision" for c in components):
+        raise ExportError(f"--rewrite --target trt with --dtype {options.dtype} cannot serve the vision component of "
+                          f"{loaded.name}: TensorRT-RTX 1.7 fails to build its rewritten attention in half precision; "
+                          f"export without --rewrite (its standard Attention builds in {options.dtype}) or with --dtype fp32")
+
+
+def cast_model(loaded: LoadedModel, dtype: str) -> None:
+    """Cast the torch model to ``dtype`` as transformers' ``from_pretrained(dtype=...)`` loads it: parameters and
+    saved buffers, except the modules the model keeps in float32 (``_keep_in_fp32_modules`` for fp16,
+    ``_keep_in_fp32_modules_strict`` for both); buffers it computes itself in float32 and never saves (Llama's
+    rotary ``inv_freq``) stay float32, as they do there (in fp16 its frequencies would be off by up to 5e-4
+    relative, radians off at long positions)."""
+    if dtype == "fp32":
+        return
+    target = getattr(torch, DTYPES[dtype])
+    model = loaded.model
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == "fp16":
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    kept = re.compile(r"(^|\.)(" + "|".join(re.escape(k) for k in sorted(keep)) + r")($|\.)") if keep else None
+    for prefix, module in model.named_modules():
+        if kept is not None and kept.search(prefix):
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.to(target)  # the same Parameter: tied weights stay tied
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point() and name not in module._non_persistent_buffers_set:
+                module._buffers[name] = buffer.to(target)
+
+
 def sparsify_exported(stage: Path, options: ExportOptions, step: Step) -> Manifest:
     """Make the decoder's attention sparse (`--sparse`) in the staged folder; returns the new manifest."""
     with step(f"sparsify decoder.onnx ({' '.join(options.sparse)})"):
-        sparsify_decoder(stage, options.sparse, options.recipe)
+        sparsify_decoder(stage, options.sparse, options.recipe, options.target)
     return read_manifest(stage)
 
 
@@ -123,7 +174,7 @@ def base_manifest(loaded: LoadedModel, options: ExportOptions) -> dict[str, Any]
         "model": loaded.name,
         "family": loaded.family,
         "architecture": getattr(loaded.config, "model_type", None),
-        "dtype": "float32",
+        "dtype": options.dtype,
         "opset": options.opset,
         "ir_version": ir_version_for(options.opset),
         "components": {},
@@ -165,4 +216,4 @@ def _image_tokens(vision: Component) -> int:
     """Tokens the vision component emits per image, measured on one blank image."""
     size = int(vision.info["image_size"])
     with torch.no_grad():
-        return int(vision.module(torch.zeros(1, 3, size, size)).shape[1])
+        return int(vision.module(torch.zeros(1, 3, size, size, dtype=float_dtype(vision.module))).shape[1])

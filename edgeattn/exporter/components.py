@@ -32,6 +32,16 @@ class Component:
         return f"{self.name}.onnx"
 
 
+def float_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The float type of a module's weights (what its float inputs must be): the dtype most of its floating
+    parameters have (a model may keep a few modules in float32), float32 when it has none."""
+    counts: dict[torch.dtype, int] = {}
+    for param in module.parameters():
+        if param.is_floating_point():
+            counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
+
+
 def components_for(loaded: LoadedModel) -> list[Component]:
     builders = {"decoder": _decoder_family, "encoder": _encoder_family, "vision": _vision_family, "vlm": _vlm_family}
     return builders[loaded.family](loaded)
@@ -118,7 +128,7 @@ def decoder_component(
         ids = torch.randint(0, geo["vocab_size"], (b, p + s), generator=gen)
         with torch.no_grad():
             embeds = embed_tokens(ids)
-            prefix = tuple(torch.zeros(b, kv_heads, 0, head_size) for _ in past)
+            prefix = tuple(torch.zeros(b, kv_heads, 0, head_size, dtype=embeds.dtype) for _ in past)
             if p > 0:
                 mask, positions = torch.ones(b, p, dtype=torch.int64), torch.arange(p).expand(b, p)
                 prefix = module(embeds[:, :p], mask, positions, *prefix)[1:]
@@ -180,7 +190,9 @@ def encoder_component(encoder: torch.nn.Module, normalize: bool) -> Component:
 
 def vision_component(module: torch.nn.Module, image_size: int) -> Component:
     def make(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.randn(case["batch"], 3, image_size, image_size, generator=gen)}
+        # Drawn in float32 and then cast, so every export dtype sees the same images.
+        pixels = torch.randn(case["batch"], 3, image_size, image_size, generator=gen)
+        return {"pixel_values": pixels.to(float_dtype(module))}
 
     return Component(
         name="vision",

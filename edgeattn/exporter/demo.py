@@ -94,7 +94,7 @@ def _tiny_llava() -> LoadedModel:
 
     torch.manual_seed(SEED)
     vision = CLIPVisionConfig(
-        hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, image_size=64, patch_size=8
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=64, patch_size=8
     )
     cfg = LlavaConfig(
         vision_config=vision,

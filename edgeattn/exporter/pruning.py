@@ -23,18 +23,24 @@ from edgeattn.graphs.pruning import PruneReport, PruneSpec, prune
 
 def prune_vision(component: Component, stage: Path, spec: PruneSpec, validate: bool = True,
                  seed: int = 2) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Prune `stage/vision.onnx` in place; returns (the manifest's pruning record, the check record)."""
-    from edgeattn.graphs.session import session_from_onnx
+    """Prune `stage/vision.onnx` in place; returns (the manifest's pruning record, the check record).
+
+    Both graphs run in the export's dtype (a bfloat16 one as its float32 widening, see `validate`)."""
+    from edgeattn.exporter.components import float_dtype
+    from edgeattn.exporter.validate import to_numpy, validation_session
 
     path = stage / component.file
-    dense = session_from_onnx(path)
+    dtype = float_dtype(component.module)
     model, report = prune(load(path), spec, where=component.file)
-    save(model, path)
-    pruned = session_from_onnx(path)
-    gen = torch.Generator().manual_seed(seed)
-    cases = component.cases if validate else ()
-    checks = [check_pruned(dense, pruned, component.make_inputs(case, gen)["pixel_values"].numpy(), report)
-              for case in cases]
+    if not validate:
+        save(model, path)
+        return report.manifest_entry(), {"cases": [], "report": report.to_json()}
+    with validation_session(path, dtype) as (dense, _):
+        save(model, path)
+        with validation_session(path, dtype) as (pruned, _):
+            gen = torch.Generator().manual_seed(seed)
+            checks = [check_pruned(dense, pruned, to_numpy(component.make_inputs(case, gen)["pixel_values"]), report)
+                      for case in component.cases]
     return report.manifest_entry(), {"cases": checks, "report": report.to_json()}
 
 
@@ -62,8 +68,8 @@ def pruning_feeds(session: Any, pixels: np.ndarray, width: int, text_embeds: np.
     names = {i.name for i in session.get_inputs()}
     feeds: dict[str, np.ndarray] = {"pixel_values": pixels}
     if "text_embeds" in names:
-        if text_embeds is None:  # validation: a few random prompt embeddings
-            text_embeds = np.random.default_rng(0).standard_normal((pixels.shape[0], 5, width)).astype(np.float32)
+        if text_embeds is None:  # validation: a few random prompt embeddings, in the pixels' float type
+            text_embeds = np.random.default_rng(0).standard_normal((pixels.shape[0], 5, width)).astype(pixels.dtype)
         feeds["text_embeds"] = text_embeds
     if "num_tokens" in names and num_tokens is not None:
         feeds["num_tokens"] = np.array(num_tokens, np.int64)

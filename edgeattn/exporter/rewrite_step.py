@@ -55,19 +55,23 @@ def rewrite_components(
     return record
 
 
-def sparsify_decoder(folder: Path, flags: tuple[str, ...] | list[str], recipe: Any = None) -> Any:
+def sparsify_decoder(folder: Path, flags: tuple[str, ...] | list[str], recipe: Any = None, target: str = "ort") -> Any:
     """`export --sparse`: make the attention of the folder's decoder sparse where it is (the decoder is
-    rewritten and lowered for onnxruntime, then saved atomically) and record the flags, the recipe and
-    what each site runs as in the manifest's ``sparse`` record. Returns the `SparseReport`."""
+    rewritten, lowered for onnxruntime or written in the TensorRT form, then saved atomically) and record the
+    flags, the recipe and what each site runs as in the manifest's ``sparse`` record. Returns the
+    `SparseReport`."""
     from edgeattn.manifest import read_manifest, write_manifest
     from edgeattn.graphs import save
     from edgeattn.graphs.sparse.api import sparsify
 
     manifest = read_manifest(folder).to_json()
     decoder = manifest["components"]["decoder"]["file"]
-    model, report = sparsify(folder / decoder, flags, recipe, component="decoder")
+    lowering = "fast" if target == "ort" else "function"
+    model, report = sparsify(folder / decoder, flags, recipe, component="decoder", target=target,  # type: ignore[arg-type]
+                             lowering=lowering)
     save(model, folder / decoder)
-    manifest["sparse"] = {"flags": list(flags), "recipe": None if recipe is None else str(recipe), "lowering": "fast",
+    manifest["sparse"] = {"flags": list(flags), "recipe": None if recipe is None else str(recipe), "lowering": lowering,
+                          "target": target,
                           "sites": [item.to_json() for item in report.lowered]}
     write_manifest(folder, manifest)
     return report

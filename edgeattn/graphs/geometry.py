@@ -190,17 +190,22 @@ def _constants(nodes: list[ir.Node], values: Sequence[ir.Value]) -> list[onnx.Te
     return list(out.values())
 
 
+ALL_VISIBLE = 3  # a mask that hides nothing (an exporter's placeholder): the same as no mask
+
+
 def causal_masks(q_len: int, kv_len: int) -> dict[int, np.ndarray]:
-    """Where keys may be attended, per causal mode: 1 upper-left (j <= i), 2 lower-right (j <= i + T - S)."""
+    """Where keys may be attended, per causal mode: 1 upper-left (j <= i), 2 lower-right (j <= i + T - S),
+    and `ALL_VISIBLE` (every key)."""
     rows, cols = np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
-    return {1: cols <= rows, 2: cols <= rows + kv_len - q_len}
+    return {1: cols <= rows, 2: cols <= rows + kv_len - q_len, ALL_VISIBLE: np.ones((q_len, kv_len), bool)}
 
 
 _CAUSAL_CACHE: weakref.WeakKeyDictionary[ir.Value, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
 
 def causal_mode(value: ir.Value, form: str, q_len: Dim, kv_len: Dim, opset: int, max_fill: float) -> int:
-    """The causal mode (1 upper-left, 2 lower-right) `value` equals, or 0.
+    """The causal mode (1 upper-left, 2 lower-right, `ALL_VISIBLE` for a mask that hides nothing) `value`
+    equals, or 0.
 
     `form`: "keep" (boolean, true = attend), "drop" (boolean, true = masked) or "add" (additive: 0 where
     attended, at most `max_fill` elsewhere). The value's last two dims must be the scores' query and key
@@ -221,7 +226,7 @@ def _causal_mode(value: ir.Value, form: str, opset: int, max_fill: float) -> int
     trials = probe([value], opset)
     if not trials:
         return 0
-    modes = {1, 2}
+    modes = {1, 2, ALL_VISIBLE}
     for trial in trials:
         array = trial.arrays[0]
         if array.ndim < 2:

@@ -11,6 +11,7 @@ import numpy as np
 from edgeattn.errors import EdgeAttnError
 from edgeattn.graphs.session import session_from_onnx
 from edgeattn.manifest import Manifest
+from edgeattn.runtime.precision import check_runnable_dtype, check_session_type, float_array_type
 
 
 # One run embeds a padded batch: attention memory grows with rows x length^2, so both are bounded.
@@ -22,6 +23,7 @@ def encode_texts(folder: Path, manifest: Manifest, tokenizer: Any, texts: list[s
     """Sentence embeddings [len(texts), D] of a text encoder, with the wall time of the call."""
     from edgeattn.runtime.generate import position_limit
 
+    check_runnable_dtype(manifest, folder)
     if not texts:
         raise EdgeAttnError("give at least one --prompt to embed")
     if len(texts) > MAX_TEXTS:
@@ -48,10 +50,12 @@ def encode_texts(folder: Path, manifest: Manifest, tokenizer: Any, texts: list[s
 
 
 def encode_image(folder: Path, manifest: Manifest, pixel_values: np.ndarray) -> dict[str, Any]:
+    check_runnable_dtype(manifest, folder)
     session = session_from_onnx(folder / manifest.file_of("vision"))
+    check_session_type(session, "pixel_values", manifest, manifest.file_of("vision"))
     names = [o.name for o in session.get_outputs()]
     inputs = {i.name: i for i in session.get_inputs()}
-    feeds = {"pixel_values": pixel_values}
+    feeds = {"pixel_values": pixel_values.astype(float_array_type(manifest), copy=False)}
     if "text_embeds" in inputs:
         raise EdgeAttnError("this vision encoder prunes by text guidance (text_embeds); run it from an app that gives "
                             "the guidance embeddings")

@@ -12,6 +12,7 @@ import numpy as np
 from edgeattn.errors import EdgeAttnError
 from edgeattn.graphs.session import session_from_onnx
 from edgeattn.manifest import Manifest
+from edgeattn.runtime.precision import check_runnable_dtype, check_session_type, float_array_type
 
 
 # --max-new-tokens is bounded even where the model's position count is unknown: a million tokens is
@@ -72,11 +73,14 @@ class DecoderRunner:
         comps = manifest.components
         if "decoder" not in comps or "embed" not in comps or manifest.decoder is None:
             raise EdgeAttnError(f"{folder} holds no decoder (family {manifest.family!r}); cannot generate")
+        check_runnable_dtype(manifest, folder)
+        self.float_type = float_array_type(manifest)  # of pixels and the empty KV cache (the file's float type)
         self.manifest = manifest
         self.geometry = manifest.decoder
         self.embed = session_from_onnx(folder / comps["embed"].file, threads=threads)
         self.decoder = session_from_onnx(folder / comps["decoder"].file, threads=threads)
         self.vision = session_from_onnx(folder / comps["vision"].file, threads=threads) if "vision" in comps else None
+        check_session_type(self.decoder, "inputs_embeds", manifest, comps["decoder"].file)
         self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self.extra_inputs = {i.name for i in self.decoder.get_inputs()} - {
             "inputs_embeds", "attention_mask", "position_ids", *self.past_names
@@ -90,7 +94,7 @@ class DecoderRunner:
         if self.vision is None:
             raise EdgeAttnError("this model has no vision component; --image needs a VLM export")
         inputs = {i.name: i for i in (*self.vision.get_inputs(), *self.vision.get_overridable_initializers())}
-        feeds = {"pixel_values": pixel_values}
+        feeds = {"pixel_values": pixel_values.astype(self.float_type, copy=False)}
         if "text_embeds" in inputs:
             if text_embeds is None:
                 raise EdgeAttnError("this vision component prunes by the prompt; it needs the prompt's embeddings")
@@ -158,7 +162,7 @@ class DecoderRunner:
 
     def _empty_past(self) -> list[np.ndarray]:
         g = self.geometry
-        return [np.zeros((1, g.num_kv_heads, 0, g.head_size), dtype=np.float32) for _ in self.past_names]
+        return [np.zeros((1, g.num_kv_heads, 0, g.head_size), dtype=self.float_type) for _ in self.past_names]
 
     def _step(self, embeds: np.ndarray, past: list[np.ndarray], offset: int) -> tuple[np.ndarray, list[np.ndarray]]:
         seq = embeds.shape[1]

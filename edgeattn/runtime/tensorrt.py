@@ -556,6 +556,53 @@ def engine_layers(backend: Backend, serialized: bytes) -> dict[str, Any]:
     return {"available": True, "layers": layers}
 
 
+MAX_ENGINE_BYTES = 8 << 30
+
+
+def inspect_engine(path: Path, backend_name: str | None = None) -> dict[str, Any]:
+    """An engine's layers: from TensorRT's engine inspector where the engine deserializes (a CUDA device, the
+    backend that built it), else from the compile.json `edgeattn compile` wrote beside it (the network it
+    built), saying which one the list comes from."""
+    if not path.is_file():
+        raise EdgeAttnError(f"{str(path)!r} is not a file; give an .engine file written by edgeattn compile")
+    size = path.stat().st_size
+    if size > MAX_ENGINE_BYTES:
+        raise EdgeAttnError(f"{path.name} is larger than {MAX_ENGINE_BYTES >> 30} GiB; not an engine edgeattn wrote")
+    record = _compile_record(path)
+    backend = load_backend(backend_name or (record or {}).get("backend"))
+    found = engine_layers(backend, path.read_bytes())
+    result: dict[str, Any] = {"engine": str(path), "bytes": size, "backend": backend.describe()}
+    if found["available"]:
+        return result | {"source": "engine inspector", "layers": found["layers"]}
+    if record is None:
+        raise EdgeAttnError(f"cannot list the layers of {path.name} here: {found['reason']}; and no compile.json "
+                            "beside it names it (run on a machine with a GPU, or keep the folder compile wrote)")
+    entry = record["entry"]
+    return result | {"source": "compile.json (the network TensorRT built; the engine itself needs a CUDA device to "
+                               "be read)", "layers": entry.get("layers", []),
+                     "edgeattn_nodes": entry.get("edgeattn_nodes", []), "arch": record.get("arch")}  # fmt: skip
+
+
+def _compile_record(engine: Path) -> dict[str, Any] | None:
+    """The compile.json entry of `engine` (same folder), or None."""
+    from edgeattn.paths import read_text
+
+    document_path = engine.parent / COMPILE_JSON
+    if not document_path.is_file():
+        return None
+    try:
+        document = json.loads(read_text(document_path, 64 << 20, "compile.json written by edgeattn compile"))
+    except (ValueError, OSError, EdgeAttnError):
+        return None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return None
+    for entry in (document.get("engines") or {}).values():
+        if isinstance(entry, dict) and entry.get("file") == engine.name:
+            backend = (document.get("backend") or {}).get("name")
+            return {"entry": entry, "arch": document.get("arch"), "backend": backend if backend in BACKENDS else None}
+    return None
+
+
 # -- a whole folder --------------------------------------------------------------------------------------
 
 
@@ -591,13 +638,19 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
         used[name] = overrides.get(name) or pick(name)
         return used[name]
 
-    cache = _timing_cache(backend, options.timing_cache)
+    # TensorRT-RTX times no tactics (it builds without a GPU) and its timing cache calls are no-ops
+    timed = options.timing_cache is not None and not backend.rtx
+    cache = _timing_cache(backend, options.timing_cache) if timed else None
     engines = {}
     for component in components:
         with (step or _no_step)(f"build {component.name} ({backend.name}, {','.join(arch)})"):
             engines[component.name] = build_engine(backend, component, arch, dims, out, options.plugins, cache)
-    if options.timing_cache is not None:
+    if timed and options.timing_cache is not None:
         _write_atomically(options.timing_cache, bytes(memoryview(cache.serialize())))
+        _KEEP_ALIVE.clear()
+    timing = None if options.timing_cache is None else {
+        "path": str(options.timing_cache), "used": timed,
+        **({} if timed else {"why": "TensorRT-RTX times no tactics at build time; its timing cache is a no-op"})}
     document = {
         "format": FORMAT,
         "source": str(source.path),
@@ -607,7 +660,7 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
         "dims": {name: used[name].to_json() for name in sorted(used)},
         "plugins": options.plugins,
         "kernel_archs": kernel_archs(arch) if options.plugins else [],
-        "timing_cache": str(options.timing_cache) if options.timing_cache is not None else None,
+        "timing_cache": timing,
         "engines": engines,
     }
     (out / COMPILE_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -615,6 +668,7 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
 
 
 MAX_TIMING_CACHE_BYTES = 256 << 20
+_KEEP_ALIVE: list[Any] = []
 
 
 def _timing_cache(backend: Backend, path: Path | None) -> Any:
@@ -629,12 +683,15 @@ def _timing_cache(backend: Backend, path: Path | None) -> Any:
             raise EdgeAttnError(f"--timing-cache {str(path)!r} is larger than {MAX_TIMING_CACHE_BYTES >> 20} MiB; "
                                 "give a TensorRT timing cache or a new path")
         data = path.read_bytes()
-    config = backend.module.Builder(_logger(backend.module)).create_builder_config()
+    logger = _logger(backend.module)
+    builder = backend.module.Builder(logger)
+    config = builder.create_builder_config()
     cache = config.create_timing_cache(data)
     if cache is None:
         raise EdgeAttnError(f"{str(path)!r} is not a timing cache of {backend.name} {backend.version}; "
                             "delete it or give a new path")
-    return cache
+    _KEEP_ALIVE.append((logger, builder, config, cache))  # the cache lives on its builder: serializing it after
+    return cache  # the builder is collected crashes TensorRT-RTX 1.7 (measured)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

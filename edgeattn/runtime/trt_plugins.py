@@ -95,6 +95,7 @@ def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = Tru
     from edgeattn.ops.trt_plugin import BODY_VERSION_SUFFIX, Bundle
 
     model = ir.serde.deserialize_model(model_proto)
+    fill_edgeattn_shapes(model)
     plan = PluginPlan()
     requests: list[tuple[Any, Any, Any]] = []  # (node, definition, choice)
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
@@ -133,6 +134,34 @@ def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = Tru
     return ir.serde.serialize_model(model).SerializeToString(), plan
 
 
+def fill_edgeattn_shapes(model: Any) -> None:
+    """Output shapes of edgeattn nodes that the file leaves unknown, from each op's shape rule (graph order is
+    topological, so a node reads what the nodes before it were given): ONNX shape inference stops at them."""
+    import onnx_ir as ir
+
+    from edgeattn.graphs.attach import spec_of
+    from edgeattn.ops.registry import default_registry
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        spec = spec_of(node, default_registry())
+        if spec is None:
+            continue
+        names = {a.name for a in spec.attributes}
+        try:
+            attrs = spec.resolve({k: a.value for k, a in node.attributes.items() if k in names})
+        except ValueError:
+            continue
+        present_attr = node.attributes.get("present_inputs")
+        present = list(present_attr.value) if present_attr is not None else list(range(len(node.inputs)))
+        shapes: list[Any] = [None] * len(spec.inputs)
+        for position, value in zip(present, node.inputs):
+            if value is not None and value.shape is not None and 0 <= position < len(shapes):
+                shapes[position] = [d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape]
+        for value, shape in zip(node.outputs, spec.infer_shapes(shapes, attrs)):
+            if value.shape is None and shape is not None:
+                value.shape = ir.Shape(shape)
+
+
 def register(trt: Any, plan: PluginPlan) -> list[Any]:
     """Register a creator for every op the plan gives to plugins; returns them (keep them alive)."""
     from edgeattn.ops.trt_plugin import NAMESPACE, creator_for
@@ -159,3 +188,45 @@ def unregister(trt: Any, creators: Sequence[Any]) -> None:
 def fields_read_back(creator: Any) -> Mapping[str, dict[str, Any]]:
     """What the parser handed each plugin node (node name -> attributes), for compile.json and tests."""
     return {name: attrs for name, attrs in creator.created}
+
+
+def tensorrt_nodes(model: Any) -> list[dict[str, Any]]:
+    """For each edgeattn node of an onnx-ir model in the TensorRT form: whether `edgeattn compile` would make it
+    a plugin layer (and with which kernel family) or inline its function body, and why (what `inspect` shows).
+    Nodes written for onnxruntime are judged in the TensorRT form compile brings them to (on a copy)."""
+    import onnx_ir as ir
+
+    from edgeattn.errors import GraphError
+    from edgeattn.graphs.attach import attach_bodies, is_trt_form, spec_of
+    from edgeattn.graphs.pipeline import finish_for_runtime
+    from edgeattn.ops.registry import default_registry
+
+    registry = default_registry()
+    nodes = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if spec_of(n, registry) is not None]
+    if any(not is_trt_form(n) for n in nodes):
+        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        try:
+            attach_bodies(copy, "trt", registry)
+            finish_for_runtime(copy)
+            model = copy
+        except GraphError as err:
+            return [{"node": n.name, "op": spec_of(n, registry).name, "as": "onnxruntime form",  # type: ignore[union-attr]
+                     "reason": f"cannot take the TensorRT form: {err}"} for n in nodes]
+    fill_edgeattn_shapes(model)
+    rows = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        spec = spec_of(node, default_registry())
+        if spec is None:
+            continue
+        row: dict[str, Any] = {"node": node.name, "op": spec.name}
+        if not is_trt_form(node):
+            row.update({"as": "onnxruntime form", "reason": "written for onnxruntime; compile decides after bringing "
+                                                             "it to the TensorRT form"})
+        else:
+            definition, choice = kernel_reason(node, model, spec)
+            if isinstance(choice, str):
+                row.update({"as": "function body", "reason": choice})
+            else:
+                row.update({"as": "plugin", "kernel": choice.family})
+        rows.append(row)
+    return rows

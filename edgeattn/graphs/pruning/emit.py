@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeattn.graphs.detect import RULE_TAG
+from edgeattn.graphs.values import dims
 
 PREFIX = "prune"
 
@@ -67,6 +68,11 @@ class Emitter:
         """value[:, start:]."""
         if start == 0:
             return value
-        return self.op("Slice", value, self.const(np.array([start], np.int64)),
-                       self.const(np.array([1 << 62], np.int64)), self.const(np.array([1], np.int64)),
-                       purpose=purpose)
+        out = self.op("Slice", value, self.const(np.array([start], np.int64)),
+                      self.const(np.array([1 << 62], np.int64)), self.const(np.array([1], np.int64)),
+                      purpose=purpose)
+        shape = dims(value)  # known here: later steps (zeroth-order's perturbations) need the static width
+        if shape is not None and len(shape) >= 2:
+            rows = shape[1] - start if isinstance(shape[1], int) else None
+            out.dtype, out.shape = value.dtype, ir.Shape([shape[0], rows, *shape[2:]])
+        return out

@@ -17,7 +17,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts, attention_attributes, int_attribute
-from edgeattn.graphs.geometry import at_least, causal_mode
+from edgeattn.graphs.geometry import ALL_VISIBLE, at_least, causal_mode
 from edgeattn.graphs.rules.masks import MAX_FILL, MaskTerm, build_mask, check_fits, mask_kind, where_term
 from edgeattn.graphs.rules.operands import KeyReading, Operand, read_key, read_key_value_heads, peel_scales
 from edgeattn.graphs.values import dims, rank, static_array, static_scalar
@@ -114,15 +114,20 @@ def _causal_terms(terms: list[MaskTerm], scores: ir.Value, softmax: ir.Node) -> 
     graph = softmax.graph
     opset = standard_opset(graph.opset_imports, 13) if isinstance(graph, ir.Graph) else 13
     q_len, kv_len = shape[-2], shape[-1]
+    kept: list[MaskTerm] = []
     for index, term in enumerate(terms):
         mode = causal_mode(term.value, term.kind, q_len, kv_len, opset, MAX_FILL)
+        if mode == ALL_VISIBLE:  # hides nothing at every probed size: the same as no mask, dropped
+            continue
         finite = term.kind == "add" or not math.isinf(term.fill)
         if mode == 2 and finite and not at_least(kv_len, q_len):
+            kept.append(term)
             continue
         if mode:
             what = "additive" if term.kind == "add" else f"Where ({term.kind}, fill {term.fill:g})"
-            return mode, terms[:index] + terms[index + 1:], f"{what} mask '{term.value.name}'"
-    return 0, terms, ""
+            return mode, kept + terms[index + 1:], f"{what} mask '{term.value.name}'"
+        kept.append(term)
+    return 0, kept, ""
 
 
 def _check_softmax_axis(softmax: ir.Node, score_rank: int | None) -> None:

@@ -20,6 +20,7 @@ from edgeattn.graphs.rules.base import (
     ints_attribute,
 )
 from edgeattn.graphs.rules.masks import lengths_to_keep, padding_mask
+from edgeattn.ops.spec import standard_opset
 from edgeattn.graphs.rules.operands import read_key_value_heads
 from edgeattn.graphs.values import dims, rank, same_dim, static_dim
 
@@ -86,6 +87,7 @@ class OnnxAttention(AttentionRule):
             q_heads, kv_heads = _heads(node, "q_num_heads", hidden), _heads(node, "kv_num_heads", static_dim(key, -1))
             head_size = hidden // q_heads if hidden else None
         _check_mask_length(mask, key, layout)
+        mask = _unless_all_visible(node, mask, query, key, layout)
         causal = 1 if int_attribute(node, "is_causal", 0) else 0
         scale = _default_scale(node, head_size, zero_is_default=False)
         precision = int_attribute(node, "softmax_precision", 0)
@@ -97,6 +99,27 @@ class OnnxAttention(AttentionRule):
         attributes = attention_attributes(scale, causal, q_heads, kv_heads, precision)
         inputs = [query, key, value, mask]
         return Plan(facts, attributes, lambda op: list(inputs), 4 if layout == "bhsd" else 3, query.dtype)
+
+
+def _unless_all_visible(node: ir.Node, mask: ir.Value | None, query: ir.Value, key: ir.Value,
+                        layout: str) -> ir.Value | None:  # fmt: skip
+    """None for a mask built from constants and shapes alone that hides no key at any probed size (dynamo's
+    exports of SDPA without a mask carry an expanded all-true one): the same as no mask, which lets the
+    kernels that take no mask compute the site. Any other mask is kept."""
+    from edgeattn.graphs.geometry import ALL_VISIBLE, causal_mode
+    from edgeattn.graphs.rules.masks import MAX_FILL
+
+    if mask is None or mask.shape is None or len(mask.shape) < 2:
+        return mask
+    axis = 2 if layout == "bhsd" else 1
+    q_shape, k_shape = query.shape, key.shape
+    if q_shape is None or k_shape is None or len(q_shape) <= axis or len(k_shape) <= axis:
+        return mask
+    graph = node.graph
+    opset = standard_opset(graph.opset_imports, 23) if isinstance(graph, ir.Graph) else 23
+    form = "keep" if mask.dtype == ir.DataType.BOOL else "add"
+    mode = causal_mode(mask, form, q_shape[axis], k_shape[axis], opset, MAX_FILL)
+    return None if mode == ALL_VISIBLE else mask
 
 
 def _check_mask_length(mask: ir.Value | None, key: ir.Value, layout: str) -> None:
