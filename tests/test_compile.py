@@ -339,6 +339,11 @@ def test_fp16_vision_attention_compiles_to_plugin_layers(exports: dict[str, Path
     assert {(n["op"], n["as"]) for n in engine["edgeattn_nodes"]} == {(op, "plugin")}
     assert all(n["kernel"].startswith("skip_softmax/prefill_d16_fp16_full") for n in engine["edgeattn_nodes"])
     assert engine["layer_types"]["PLUGIN_V3"] == 2
+    # the bodies build too: half-precision attention with dynamo's placeholder mask crashed TensorRT-RTX 1.7
+    # (a segfault); the rewrite drops a mask that hides nothing, and compile builds in a child process
+    bodies = tmp_path / "bodies"
+    assert _compile([str(rewritten), "--out", str(bodies), "--arch", ARCH, "--no-plugins"]).exit_code == 0
+    assert {n["as"] for n in _engines(bodies)["engines"]["vision_trt"]["edgeattn_nodes"]} == {"inlined body"}
     timing = _engines(out)["timing_cache"]  # TensorRT-RTX times nothing: the cache is recorded as unused
     assert timing["used"] is False and "no-op" in timing["why"] and not (tmp_path / "t.cache").exists()
 
@@ -422,3 +427,18 @@ def test_a_file_written_for_onnxruntime_is_brought_to_the_tensorrt_form(trt_read
     engine = document["engines"]["ort"]
     assert engine["converted_to_trt_form"] == 1
     assert [(n["op_type"], n["as"]) for n in engine["edgeattn_nodes"]] == [("EdgeTokenSelect", "inlined body")]
+
+
+def test_a_builder_crash_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A TensorRT builder that dies by a signal ends its child process; compile says so in one line."""
+    import subprocess
+
+    from edgeattn.runtime import trt_worker
+
+    crashed = subprocess.CompletedProcess(args=[], returncode=-11, stdout="", stderr="Segmentation fault")
+    monkeypatch.setattr(trt_worker.subprocess, "run", lambda *args, **kwargs: crashed)
+    request = {"backend": "tensorrt-rtx", "component": {"name": "vision"}}
+    with pytest.raises(EdgeAttnError) as caught:
+        trt_worker.build_in_child(request)
+    message = str(caught.value)
+    assert "\n" not in message and "crashed (SIGSEGV) while building vision" in message

@@ -62,7 +62,6 @@ def export_model(
         if options.prune is not None and not any(c.name == "vision" for c in components):
             raise ExportError(f"--prune prunes visual tokens, but {loaded.name} ({loaded.family}) has no vision "
                               "component; give a VLM or a vision encoder")
-        check_half_precision_trt(options, loaded, components)
         if options.sparse and not any(c.name == "decoder" for c in components):
             raise ExportError(f"--sparse makes a decoder's attention sparse, but {loaded.name} ({loaded.family}) has "
                               "no decoder component; give a language model or a VLM")
@@ -89,17 +88,6 @@ def check_options(options: ExportOptions) -> None:
     """Refuse, before anything is loaded, a dtype edgeattn does not export or a combination it cannot honour."""
     if options.dtype not in DTYPES:
         raise ExportError(f"unknown dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
-
-
-def check_half_precision_trt(options: ExportOptions, loaded: LoadedModel, components: list[Component]) -> None:
-    """Measured with TensorRT-RTX 1.7.1 (2026-12): the inlined body of a rewritten vision attention (no mask)
-    fails to build in fp16 and bf16 (the builder segfaults on tiny-vit, a MyelinCheckException on tiny-llava's
-    CLIP tower) while its fp32 form, the fp16 decoder's and the plain fp16 export's standard Attention build."""
-    rewrites = options.rewrite or options.recipe
-    if options.dtype != "fp32" and options.target == "trt" and rewrites and any(c.name == "vision" for c in components):
-        raise ExportError(f"--rewrite --target trt with --dtype {options.dtype} cannot serve the vision component of "
-                          f"{loaded.name}: TensorRT-RTX 1.7 fails to build its rewritten attention in half precision; "
-                          f"export without --rewrite (its standard Attention builds in {options.dtype}) or with --dtype fp32")
 
 
 def cast_model(loaded: LoadedModel, dtype: str) -> None:

@@ -631,23 +631,20 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
     if unknown:
         raise EdgeAttnError(f"--shapes names {', '.join(unknown)}, which no input has; the symbolic dims are: "
                             f"{', '.join(sorted(declared)) or 'none'}")
-    pick = default_ranges(source.longest)
-    used: dict[str, DimRange] = {}
+    from edgeattn.runtime.trt_worker import build_in_child, request_for
 
-    def dims(name: str) -> DimRange:
-        used[name] = overrides.get(name) or pick(name)
-        return used[name]
-
+    used: dict[str, list[int]] = {}
     # TensorRT-RTX times no tactics (it builds without a GPU) and its timing cache calls are no-ops
     timed = options.timing_cache is not None and not backend.rtx
-    cache = _timing_cache(backend, options.timing_cache) if timed else None
+    if timed and options.timing_cache is not None and options.timing_cache.exists():
+        _timing_cache(backend, options.timing_cache)  # a file that is not a timing cache: one line, before building
     engines = {}
     for component in components:
         with (step or _no_step)(f"build {component.name} ({backend.name}, {','.join(arch)})"):
-            engines[component.name] = build_engine(backend, component, arch, dims, out, options.plugins, cache)
-    if timed and options.timing_cache is not None:
-        _write_atomically(options.timing_cache, bytes(memoryview(cache.serialize())))
-        _KEEP_ALIVE.clear()
+            request = request_for(backend.name, component, arch, overrides, source.longest, out, options.plugins,
+                                  options.timing_cache if timed else None)  # fmt: skip
+            engines[component.name], dims_used = build_in_child(request)
+            used.update(dims_used)
     timing = None if options.timing_cache is None else {
         "path": str(options.timing_cache), "used": timed,
         **({} if timed else {"why": "TensorRT-RTX times no tactics at build time; its timing cache is a no-op"})}
@@ -657,7 +654,7 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
         "model": getattr(source.manifest, "model", None),
         "backend": backend.describe(),
         "arch": list(arch),
-        "dims": {name: used[name].to_json() for name in sorted(used)},
+        "dims": {name: used[name] for name in sorted(used)},
         "plugins": options.plugins,
         "kernel_archs": kernel_archs(arch) if options.plugins else [],
         "timing_cache": timing,
