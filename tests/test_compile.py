@@ -338,6 +338,9 @@ def test_fp16_vision_attention_compiles_to_plugin_layers(exports: dict[str, Path
     engine = _engines(out)["engines"]["vision_trt"]
     assert {(n["op"], n["as"]) for n in engine["edgeattn_nodes"]} == {(op, "plugin")}
     assert all(n["kernel"].startswith("skip_softmax/prefill_d16_fp16_full") for n in engine["edgeattn_nodes"])
+    tiles = {tuple(v.rsplit("_", 1)[1] for v in n["tactics"]) for n in engine["edgeattn_nodes"]}
+    # dense attention offers TensorRT two tile shapes to time; skip-softmax keeps the op's own tiles
+    assert tiles == ({("m128n64", "m64n64")} if op == "Attention" else {("m128n64",)})
     assert engine["layer_types"]["PLUGIN_V3"] == 2
     # the bodies build too: half-precision attention with dynamo's placeholder mask crashed TensorRT-RTX 1.7
     # (a segfault); the rewrite drops a mask that hides nothing, and compile builds in a child process

@@ -495,6 +495,7 @@ def _edgeattn_summary(nodes: list[dict[str, Any]], layers: list[dict[str, Any]],
         row = dict(node)
         if plugin:
             row.update({"as": "plugin", "layer": plugin[0]["name"], "kernel": decided.kernel if decided else None,
+                        "tactics": decided.tactics if decided else None,
                         "fields": _jsonable(fields.get(node["node"], {}))})
         else:
             row.update({"as": "inlined body", "layers": len(body), "layer_types": _count(la["type"] for la in body),

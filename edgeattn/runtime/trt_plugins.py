@@ -30,6 +30,7 @@ class NodePlan:
     plugin: bool
     reason: str | None = None  # why the node keeps its function body
     kernel: str | None = None  # family/variant of the kernel build, for plugins
+    tactics: list[str] | None = None  # the variant of every build the plugin offers TensorRT as a tactic
 
 
 @dataclass
@@ -129,8 +130,9 @@ def plan_plugins(model_proto: Any, archs: Sequence[int], use_plugins: bool = Tru
         view = _view(node, model, longest)
         plan.bundles[node.name] = Bundle(view.present, len(node.outputs), by_arch).to_bytes()
         plan.definitions[node.op_type] = definition
-        variant = next(iter(by_arch.values()))[0].get("variant", "")
-        plan.nodes.append(NodePlan(node.name, definition.op.name, True, kernel=f"{choice.family}/{variant}"))
+        variants = [record.get("variant", "") for record in next(iter(by_arch.values()))]
+        plan.nodes.append(NodePlan(node.name, definition.op.name, True, kernel=f"{choice.family}/{variants[0]}",
+                                   tactics=variants))
     return ir.serde.serialize_model(model).SerializeToString(), plan
 
 

@@ -156,7 +156,10 @@ def _choose(view: "NodeView") -> "KernelChoice | str":
     reason = flash_kernel_reason(view, mask_position=3)
     if reason is not None:
         return reason
-    return KernelChoice("skip_softmax", (flash_build(view, 0.0),), "SkipSoftmaxBuild")
+    builds = [flash_build(view, 0.0)]
+    if builds[0]["block_m"] > 64:  # dense attention: any tiles give the same result, so both are tactics
+        builds.append(flash_build(view, 0.0, block_m=64))
+    return KernelChoice("skip_softmax", tuple(builds), "SkipSoftmaxBuild")
 
 
 def flash_symbols(attrs: Mapping[str, Any], present: tuple[int, ...], dims: Sequence[Sequence[int]]) -> dict[str, int]:
