@@ -436,12 +436,10 @@ def test_a_builder_crash_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     """A TensorRT builder that dies by a signal ends its child process; compile says so in one line."""
     import subprocess
 
-    from edgeattn.runtime import trt_worker
-
     crashed = subprocess.CompletedProcess(args=[], returncode=-11, stdout="", stderr="Segmentation fault")
-    monkeypatch.setattr(trt_worker.subprocess, "run", lambda *args, **kwargs: crashed)
+    monkeypatch.setattr(rt.subprocess, "run", lambda *args, **kwargs: crashed)
     request = {"backend": "tensorrt-rtx", "component": {"name": "vision"}}
     with pytest.raises(EdgeAttnError) as caught:
-        trt_worker.build_in_child(request)
+        rt.build_in_child(request)
     message = str(caught.value)
     assert "\n" not in message and "crashed (SIGSEGV) while building vision" in message

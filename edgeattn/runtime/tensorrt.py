@@ -20,7 +20,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -632,8 +636,6 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
     if unknown:
         raise EdgeAttnError(f"--shapes names {', '.join(unknown)}, which no input has; the symbolic dims are: "
                             f"{', '.join(sorted(declared)) or 'none'}")
-    from edgeattn.runtime.trt_worker import build_in_child, request_for
-
     used: dict[str, list[int]] = {}
     # TensorRT-RTX times no tactics (it builds without a GPU) and its timing cache calls are no-ops
     timed = options.timing_cache is not None and not backend.rtx
@@ -663,6 +665,54 @@ def compile_engines(source_path: str | Path, out: Path, options: CompileOptions,
     }
     (out / COMPILE_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
+
+
+# -- one engine per child process (see edgeattn.runtime.trt_worker) ------------------------------------
+
+BUILD_TIMEOUT_S = 6 * 3600  # a large model's build may take an hour; a hung builder does not take a day
+
+
+def request_for(backend: str, component: Any, arch: Any, overrides: Mapping[str, Any], longest: int | None,
+                out: Path, plugins: bool, timing_cache: Path | None) -> dict[str, Any]:  # fmt: skip
+    return {"backend": backend, "component": {"name": component.name, "onnx": str(component.onnx),
+                                              "inputs": [dict(i) for i in component.inputs]},
+            "arch": list(arch), "overrides": {k: v.to_json() for k, v in overrides.items()}, "longest": longest,
+            "out": str(out), "plugins": plugins, "timing_cache": str(timing_cache) if timing_cache else None}
+
+
+def build_in_child(request: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """(the compile.json entry, the dim ranges used) of one engine built by a child process."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgeattn.runtime.trt_worker"], input=json.dumps(request),
+                              capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise EdgeAttnError(f"building {request['component']['name']} took longer than {BUILD_TIMEOUT_S // 3600} h; "
+                            "stopped") from None
+    answer = _last_json(done.stdout)
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise EdgeAttnError(f"{request['backend']} crashed ({name}) while building {request['component']['name']}; "
+                            "this is a TensorRT fault on this graph: try without --no-plugins, another --dtype, "
+                            "or --backend tensorrt")
+    if answer is None:
+        tail = " ".join(done.stderr.strip().splitlines()[-1:]) or f"exit code {done.returncode}"
+        raise EdgeAttnError(f"the engine builder process failed on {request['component']['name']}: {tail}")
+    if "error" in answer:
+        raise EdgeAttnError(str(answer["error"]))
+    return answer["entry"], answer["dims"]
+
+
+def _last_json(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        return value if isinstance(value, dict) else None
+    return None
 
 
 MAX_TIMING_CACHE_BYTES = 256 << 20
