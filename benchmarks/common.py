@@ -1,5 +1,6 @@
-"""Shared by the benchmark scripts: machine description, atomic JSON output, argument lists and the
-`run_benchmark` wrapper that turns a bad input into one line and exit code 1."""
+"""Shared by the benchmark scripts: machine description, atomic JSON output, argument lists, the
+`run_benchmark` wrapper that turns a bad input into one line and exit code 1, and the digit images the
+pruning benchmarks feed DINOv2 (scikit-learn's digits as edgeattn preprocesses an image)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,17 +45,45 @@ def machine() -> dict[str, Any]:
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     """Write ``results/<name>.json`` atomically (and to $OUT too when set)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2, default=str) + "\n"
     targets = [RESULTS / f"{name}.json"]
     if os.environ.get("OUT"):
         targets.append(Path(os.environ["OUT"]) / f"{name}.json")
     for path in targets:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        write_json_at(path, payload)
+    return targets[0]
+
+
+def write_json_at(path: Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` as JSON to `path` atomically."""
+    return write_text_at(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def write_text_at(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    return targets[0]
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+DINOV2_VISION = {"image_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def digit_pixels(images: np.ndarray, vision: dict[str, Any] | None = None) -> np.ndarray:
+    """[n, H, W] digit intensities (0..16, scikit-learn's scale; one digit or a canvas of them) ->
+    [n, 3, S, S] pixel values, resized (bicubic) and normalised as edgeattn preprocesses an image
+    (`vision`: image_size, mean, std; default DINOv2's)."""
+    from edgeattn.runtime.images import pixel_values
+
+    rgb = np.repeat((np.asarray(images) / 16.0 * 255.0).round().astype(np.uint8)[..., None], 3, axis=-1)
+    return np.concatenate([pixel_values(img, vision or DINOV2_VISION) for img in rgb])
 
 
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, run_benchmark, write_json
+from benchmarks.common import RESULTS, digit_pixels, machine, run_benchmark, write_json
 
 KS = (256, 128, 64, 32, 16)
 LAYERS = 12
@@ -38,15 +38,6 @@ DIRECTIONS, STEP = 64, 0.01
 METHODS = ("fastervlm", "mean-received", "holov", "flashvlm", "zeroth-order", "random", "uniform")
 EXTRA = ("fastervlm@layer9", "fastervlm+debias")  # diagnostics next to the paper rules
 DIAGNOSE_K = 32
-
-
-def digit_pixels(images: np.ndarray) -> np.ndarray:
-    """[n, 8, 8] digits (0..16) -> [n, 3, 224, 224] pixel values, as edgeattn preprocesses images."""
-    from edgeattn.runtime.images import pixel_values
-
-    vision = {"image_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    rgb = np.repeat((images / 16.0 * 255.0).round().astype(np.uint8)[..., None], 3, axis=-1)
-    return np.concatenate([pixel_values(img, vision) for img in rgb])
 
 
 def extract(images: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
