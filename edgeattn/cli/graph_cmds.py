@@ -41,12 +41,20 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
     from edgeattn.runtime.trt_plugins import tensorrt_nodes
 
     tensorrt = tensorrt_nodes(loaded)
+    from edgeattn.calibrate.graph import calibrated_sites
+
+    calibrated = calibrated_sites(loaded)
     if as_json:
         emit_json({"model": str(model), **report.to_json(), "lowered": lowered, "pruning": pruning, "notes": notes,
-                   "tensorrt": tensorrt})
+                   "tensorrt": tensorrt, "calibrated": calibrated})
         return
     _print_inspect(model, report)
     _print_lowered(lowered)
+    for site in calibrated:  # edgeattn calibrate: the chosen value, or the law it follows
+        law = site.get("law")
+        value = (f"scale_factor = {law['c']:.6g} * Lkv ** {law['p']:.4g}" if law else
+                 ", ".join(f"{k} = {v:g}" for k, v in site.items() if isinstance(v, float)))
+        click.echo(f"calibrated: layer {site['layer']} {site['op']}: {value}")
     _print_pruning(pruning)
     _print_tensorrt(tensorrt)
     for note in notes:
@@ -99,7 +107,9 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
     what = "rewriting and pruning" if spec is not None else "rewriting"
     with progress(f"{what} {source.name}", enabled=not as_json):
         model = load(source)
-        opset = model.opset_imports.get("", 0)
+        from edgeattn.ops.spec import standard_opset
+
+        opset = standard_opset(model.opset_imports, 0)
         model, record = run_pipeline(model, options)
         report = record.rewrite
         if spec is None and not report.rewritten:  # nothing to do is an error (pruning needs no site)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "rewrite": "edgeattn.cli.graph_cmds:rewrite",
     "ops": "edgeattn.cli.graph_cmds:ops",
     "compile": "edgeattn.cli.compile_cmd:compile_command",
+    "calibrate": "edgeattn.cli.calibrate_cmd:calibrate",
 }
 
 HELP = {
@@ -29,6 +30,7 @@ HELP = {
     "rewrite": "Rewrite the attention sites of an ONNX file into edgeattn ops.",
     "ops": "List the registered edgeattn ops and their attributes.",
     "compile": "Build TensorRT engines from an exported folder or an ONNX file.",
+    "calibrate": "Choose sparse-attention values (blasst, block) from data for a goal.",
 }
 
 
