@@ -62,8 +62,8 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("source", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("destination", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("destination", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe: which op each site gets.")
 @click.option("--target", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="ort: function bodies for onnxruntime; trt: TensorRT plugin nodes (bodies as fallback).")
@@ -85,7 +85,12 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
 def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
             sparse: tuple[str, ...], lowering: str | None, prune: str | None, component: str | None,
             force: bool, as_json: bool) -> None:
-    """Rewrite the attention sites of IN into edgeattn ops and write OUT."""
+    """Rewrite the attention sites of IN into edgeattn ops and write OUT.
+
+    IN is an .onnx file (OUT is then a file) or a folder `edgeattn export` wrote (OUT is then a folder
+    every command accepts): --prune prunes its vision component as `export --prune` would, --sparse makes
+    its decoder sparse as `export --sparse` would, neither rewrites the sites of every component (or
+    --component). Unchanged files are shared with IN (hard links) or copied; nothing is exported again."""
     from edgeattn.errors import PruningError
     from edgeattn.graphs import load, save
     from edgeattn.graphs.io import check_output_file
@@ -93,12 +98,16 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
     from edgeattn.graphs.pruning import parse_prune
     from edgeattn.graphs.sparse.flags import parse_sparse_flag
 
-    check_output_file(source, destination, force)
     spec = parse_prune(prune) if prune is not None else None  # flag errors before the model is read
     if spec is not None and sparse:
         raise PruningError("--prune and --sparse are separate passes; rewrite with --sparse, then prune its output")
     for flag in sparse:
         parse_sparse_flag(flag)
+    if source.is_dir():
+        _rewrite_folder(source, destination, recipe, target, external_data, sparse, lowering, spec, prune, component,
+                        force, as_json)
+        return
+    check_output_file(source, destination, force)
     sparse_mode = bool(sparse) or lowering == "fast"
     options = PipelineOptions(recipe=recipe, sparse=sparse, sparse_steps=sparse_mode, prune=spec,
                               prune_where=source.name, target=target,  # type: ignore[arg-type]
@@ -123,6 +132,38 @@ def rewrite(source: Path, destination: Path, recipe: Path | None, target: str, e
         _print_sparse(destination, record, target, output, as_json)
     else:
         _print_rewritten(destination, report, target, output, as_json)
+
+
+def _rewrite_folder(source: Path, destination: Path, recipe: Path | None, target: str, external_data: bool | None,
+                    sparse: tuple[str, ...], lowering: str | None, spec: Any, prune: str | None, component: str | None,
+                    force: bool, as_json: bool) -> None:
+    """`rewrite FOLDER OUT`: a variant folder (see edgeattn.exporter.variant)."""
+    from edgeattn.errors import EdgeAttnError
+    from edgeattn.exporter.variant import VariantOptions, rewrite_folder
+
+    for flag, given in (("--lowering", lowering), ("--external-data", external_data)):
+        if given is not None:
+            raise EdgeAttnError(f"{flag} applies to an .onnx file; a folder's components are written as export "
+                                "writes them")
+    if component is not None and (spec is not None or sparse):
+        raise EdgeAttnError("--component picks what a plain rewrite changes; --prune changes the vision component "
+                            "and --sparse the decoder")
+    options = VariantOptions(prune=spec, prune_flag=prune, sparse=sparse, recipe=recipe, target=target,
+                             components=(component,) if component else ())
+    record = rewrite_folder(source, destination, options, force,
+                            step=lambda text: progress(text, enabled=not as_json))
+    if as_json:
+        emit_json({"output": str(destination), **record})
+        return
+    if "pruning" in record:
+        done = f"{prune} keeps {record['pruning']['k']} of {record['pruning']['tokens']} visual tokens"
+    elif "sparse_sites" in record:
+        done = f"{', '.join(sparse)} on {record['sparse_sites']} decoder sites"
+    else:
+        counts = {name: item["rewritten"] for name, item in record["rewrite"]["components"].items()}
+        done = "sites rewritten: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+    click.echo(f"{destination}: a variant of {source} ({done}); the unchanged files are shared with it as "
+               f"{record['shared']}")
 
 
 def _has_edgeattn_nodes(model: Any) -> bool:

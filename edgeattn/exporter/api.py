@@ -148,7 +148,7 @@ def prune_exported(manifest: dict[str, Any], components: dict[str, Component], s
     spec = parse_prune(options.prune) if isinstance(options.prune, str) else options.prune
     with step(f"prune vision.onnx ({spec.text()})"):
         record, checks = prune_vision(components["vision"], stage, spec, options.validate)
-    update_manifest(manifest, record, stage, components["vision"])
+    update_manifest(manifest, record, stage, "vision", components["vision"].file)
     if manifest.get("validation") is not None:
         manifest["validation"]["vision_pruned"] = checks["cases"]
 

@@ -79,10 +79,10 @@ def pruning_feeds(session: Any, pixels: np.ndarray, width: int, text_embeds: np.
     return feeds
 
 
-def update_manifest(manifest: dict[str, Any], pruning: dict[str, Any], stage: Path, component: Component) -> None:
-    """Record the pruning and what the pruned component now takes and gives."""
-    entry = manifest["components"][component.name]
-    entry.update(mf.describe_component(load(stage / component.file), component.file))
+def update_manifest(manifest: dict[str, Any], pruning: dict[str, Any], stage: Path, name: str, file: str) -> None:
+    """Record the pruning and what the pruned component (`name`, written to `stage/file`) now takes and gives."""
+    entry = manifest["components"][name]
+    entry.update(mf.describe_component(load(stage / file), file))
     manifest["pruning"] = pruning
     vision = manifest.get("vision")
     if vision is not None:
