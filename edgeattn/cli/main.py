@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from edgeattn import __version__
+from edgeattn.version import __version__
 
 # "module:attribute" of each command, in the order `--help` lists them. Commands are imported lazily
 # so `edgeattn --help` stays fast and no command pays for another's imports.
@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "ops": "edgeattn.cli.graph_cmds:ops",
     "compile": "edgeattn.cli.compile_cmd:compile_command",
     "calibrate": "edgeattn.cli.calibrate_cmd:calibrate",
+    "profile": "edgeattn.cli.profile_cmd:profile",
+    "show": "edgeattn.cli.show_cmd:show",
 }
 
 HELP = {
@@ -31,6 +33,8 @@ HELP = {
     "ops": "List the registered edgeattn ops and their attributes.",
     "compile": "Build TensorRT engines from an exported folder or an ONNX file.",
     "calibrate": "Choose sparse-attention values (blasst, block) from data for a goal.",
+    "profile": "Measure latency percentiles and where the time goes; compare targets A/B.",
+    "show": "Draw which visual tokens a pruned folder keeps, or a sparse layer's block layout.",
 }
 
 

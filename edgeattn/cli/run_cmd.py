@@ -1,4 +1,4 @@
-"""`edgeattn run DIR`: onnxruntime inference from an exported folder."""
+"""`edgeattn run DIR`: onnxruntime inference from an exported folder, through the app API (`edgeattn.app`)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens
     Prints the text, the time to first token (vision + embed + prefill) and the mean time per
     further token.
     """
+    from edgeattn.app import CLI
+    from edgeattn.app.requests import check_text, check_threads
     from edgeattn.manifest import read_manifest
 
     for prompt in prompts:
-        _check_text(prompt)
-    if threads is not None and threads > MAX_THREADS:
-        raise EdgeAttnError(f"--threads must be from 1 to {MAX_THREADS} (got {threads})")
+        check_text(prompt, CLI.prompt)
+    check_threads(threads, CLI)
     manifest = read_manifest(folder)
     family = manifest.family
     if family not in ("decoder", "vlm") and image_tokens is not None:
@@ -43,108 +44,59 @@ def run(folder: str, prompts: tuple[str, ...], image: str | None, max_new_tokens
     if family in ("decoder", "vlm"):
         result = _generate(Path(folder), manifest, prompts, image, max_new_tokens, threads, image_tokens)
     elif family == "encoder":
-        result = _embed(Path(folder), manifest, prompts)
+        result = _embed(Path(folder), manifest, prompts, threads)
     else:
-        result = _vision(Path(folder), manifest, image)
+        result = _vision(Path(folder), manifest, image, threads)
     if as_json:
         emit_json(result)
     else:
         _print(result)
 
 
-# onnxruntime makes one thread per count: more than this many is a typo, not a machine.
-MAX_THREADS = 1024
-
-
-def _check_text(prompt: str) -> None:
-    """A prompt click decoded from bytes that were not UTF-8 carries lone surrogates (U+DC80..U+DCFF on Linux)."""
-    for index, char in enumerate(prompt):
-        if "\ud800" <= char <= "\udfff":
-            raise EdgeAttnError(f"--prompt is not valid UTF-8 text (an undecodable byte at character {index}); "
-                                "pass the prompt as UTF-8")
-
-
-def _tokenizer(folder: Path, manifest: Any) -> Any:
-    if not manifest.tokenizer:
-        raise EdgeAttnError(f"{folder} has no tokenizer folder; re-export a model that ships one")
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    path = folder / manifest.tokenizer
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except MemoryError:
-        raise EdgeAttnError(f"not enough memory to load the tokenizer in {path}") from None
-    except Exception as err:  # noqa: BLE001 - tokenizer files that transformers or tokenizers reject
-        raise EdgeAttnError(f"cannot load the tokenizer in {path} ({type(err).__name__}); re-export the folder") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, image_tokens=None) -> dict[str, Any]:
-    from edgeattn.runtime.generate import DecoderRunner, check_generation_length, check_max_new_tokens, position_limit
-    from edgeattn.runtime.images import load_image, pixel_values
+    """Options are checked and the image decoded before any session is made."""
+    from edgeattn.app import CLI, load
+    from edgeattn.app.requests import check_generate_request
+    from edgeattn.runtime.images import load_image
 
     if len(prompts) != 1:
         raise EdgeAttnError(f"give exactly one --prompt to generate from (got {len(prompts)})")
-    check_max_new_tokens(max_new_tokens)
-    if image is not None and manifest.family != "vlm":
-        raise EdgeAttnError("--image needs a VLM export; this folder holds a text-only decoder")
-    if image_tokens is not None:
-        if image is None:
-            raise EdgeAttnError("--image-tokens needs --image")
-        _check_image_tokens(manifest, image_tokens)
-    tokenizer = _tokenizer(folder, manifest)
-    ids = list(tokenizer(prompts[0], verbose=False)["input_ids"])
-    pixels = None
-    if image is not None:
-        pixels = pixel_values(load_image(image), manifest.vision.preprocess())
-        count = image_tokens if image_tokens is not None else manifest.image_token_count
-        ids = [manifest.image_token_id] * count + ids
-    check_generation_length(len(ids), max_new_tokens, position_limit(manifest, "decoder", tokenizer))
-    runner = DecoderRunner(folder, manifest, threads=threads)
-    gen = runner.generate(ids, max_new_tokens, pixels, num_tokens=image_tokens)
+    check_generate_request(manifest, image is not None, max_new_tokens, image_tokens, CLI)
+    picture = load_image(image) if image is not None else None
+    model = load(folder, threads, manifest=manifest, names=CLI)
+    gen = model.generate(prompts[0], picture, max_new_tokens, image_tokens)
     return {
-        "tokens": gen.tokens,
-        "text": tokenizer.decode(gen.tokens, skip_special_tokens=True),
-        "prompt_tokens": len(gen.prompt_tokens),
+        "tokens": list(gen.tokens),
+        "text": gen.text,
+        "prompt_tokens": gen.prompt_tokens,
         "ttft_ms": round(gen.ttft_ms, 3),
         "tpot_ms": round(gen.tpot_ms, 3),
         **{k: round(v, 3) for k, v in gen.stages_ms.items()},
     }
 
 
-def _check_image_tokens(manifest: Any, image_tokens: int) -> None:
-    """--image-tokens: a run-time budget, from 1 to the tokens the image gives before pruning."""
-    pruning = manifest.pruning or {}
-    if not pruning.get("dynamic_k"):
-        raise EdgeAttnError("this export has a fixed image-token budget; --image-tokens needs one exported with "
-                            "--prune METHOD:K,dynamic=1")
-    limit = pruning.get("tokens_before")
-    if image_tokens < 1 or (isinstance(limit, int) and image_tokens > limit):
-        raise EdgeAttnError(f"the image-token budget must be from 1 to {limit} (got {image_tokens})")
+def _embed(folder: Path, manifest, prompts, threads) -> dict[str, Any]:
+    from edgeattn.app import CLI, load
+
+    out = load(folder, threads, manifest=manifest, names=CLI).run_embed(list(prompts))
+    embedding = out.outputs["embedding"]
+    return {"embedding": embedding.tolist(), "dim": int(embedding.shape[-1]), "latency_ms": round(out.latency_ms, 3)}
 
 
-def _embed(folder: Path, manifest, prompts) -> dict[str, Any]:
-    from edgeattn.runtime.encode import encode_texts
-
-    out = encode_texts(folder, manifest, _tokenizer(folder, manifest), list(prompts))
-    return {"embedding": out["embedding"].tolist(), "dim": int(out["embedding"].shape[-1]), "latency_ms": round(out["latency_ms"], 3)}
-
-
-def _vision(folder: Path, manifest, image) -> dict[str, Any]:
-    from edgeattn.runtime.encode import encode_image
-    from edgeattn.runtime.images import load_image, pixel_values
+def _vision(folder: Path, manifest, image, threads) -> dict[str, Any]:
+    """The image is decoded before the session is made: a bad file fails fast."""
+    from edgeattn.app import CLI, load
+    from edgeattn.runtime.images import load_image
 
     if image is None:
         raise EdgeAttnError("a vision encoder needs --image FILE")
-    out = encode_image(folder, manifest, pixel_values(load_image(image), manifest.vision.preprocess()))
-    feats = out["outputs"]["image_features"]
-    result = {"shape": list(feats.shape), "mean_feature": feats.mean(axis=1)[0].tolist(), "latency_ms": round(out["latency_ms"], 3)}
-    if "kept_indices" in out["outputs"]:
-        result["kept_indices"] = out["outputs"]["kept_indices"][0].tolist()
+    picture = load_image(image)
+    out = load(folder, threads, manifest=manifest, names=CLI).run_image_features(picture)
+    feats = out.outputs["image_features"]
+    result = {"shape": list(feats.shape), "mean_feature": feats.mean(axis=1)[0].tolist(),
+              "latency_ms": round(out.latency_ms, 3)}
+    if "kept_indices" in out.outputs:
+        result["kept_indices"] = out.outputs["kept_indices"][0].tolist()
     return result
 
 

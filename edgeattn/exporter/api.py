@@ -11,7 +11,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from edgeattn import __version__
+from edgeattn.version import __version__
 from edgeattn.errors import ExportError
 from edgeattn.exporter import manifest as mf
 from edgeattn.manifest import DTYPES, FORMAT, Manifest, read_manifest, write_manifest

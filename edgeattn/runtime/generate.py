@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator
 
 import numpy as np
 
@@ -40,19 +40,23 @@ def position_limit(manifest: Manifest, section: str, tokenizer: Any = None) -> i
     return None
 
 
-def check_max_new_tokens(max_new_tokens: int) -> None:
+def check_max_new_tokens(max_new_tokens: int, name: str = "--max-new-tokens") -> None:
+    """Refuse a count of tokens to generate outside 1..MAX_NEW_TOKENS. ``name`` is how the caller spells the
+    setting in the message (the CLI's option, or the Python API's argument)."""
     if max_new_tokens < 1 or max_new_tokens > MAX_NEW_TOKENS:
-        raise EdgeAttnError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS} (got {max_new_tokens})")
+        raise EdgeAttnError(f"{name} must be from 1 to {MAX_NEW_TOKENS} (got {max_new_tokens})")
 
 
-def check_generation_length(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
-    """Refuse a prompt that is empty or, with the tokens to generate, longer than the model's positions."""
+def check_generation_length(prompt_tokens: int, max_new_tokens: int, limit: int | None, prompt_name: str = "--prompt",
+                            max_name: str = "--max-new-tokens") -> None:
+    """Refuse a prompt that is empty or, with the tokens to generate, longer than the model's positions.
+    ``prompt_name`` and ``max_name`` spell the two settings as the caller knows them."""
     if prompt_tokens < 1:
-        raise EdgeAttnError("the prompt is empty (0 tokens); give a --prompt with some text")
+        raise EdgeAttnError(f"the prompt is empty (0 tokens); give a {prompt_name} with some text")
     if limit is not None and prompt_tokens + max_new_tokens > limit:
         raise EdgeAttnError(
-            f"the prompt ({prompt_tokens} tokens) plus --max-new-tokens ({max_new_tokens}) exceeds the model's "
-            f"{limit} positions; shorten the prompt or lower --max-new-tokens"
+            f"the prompt ({prompt_tokens} tokens) plus {max_name} ({max_new_tokens}) exceeds the model's "
+            f"{limit} positions; shorten the prompt or lower {max_name}"
         )
 
 
@@ -66,9 +70,14 @@ class Generation:
 
 
 class DecoderRunner:
-    """onnxruntime sessions for an exported decoder LM or VLM folder, created once and reused."""
+    """onnxruntime sessions for an exported decoder LM or VLM folder, created once and reused.
 
-    def __init__(self, folder: str | Path, manifest: Manifest, threads: int | None = None) -> None:
+    A runner keeps no per-request state (the KV cache lives in each call), and onnxruntime's
+    ``InferenceSession.run`` may be called from several threads at once: one runner serves concurrent
+    requests."""
+
+    def __init__(self, folder: str | Path, manifest: Manifest, threads: int | None = None, *,
+                 providers: list[str] | None = None) -> None:
         folder = Path(folder)
         comps = manifest.components
         if "decoder" not in comps or "embed" not in comps or manifest.decoder is None:
@@ -77,9 +86,10 @@ class DecoderRunner:
         self.float_type = float_array_type(manifest)  # of pixels and the empty KV cache (the file's float type)
         self.manifest = manifest
         self.geometry = manifest.decoder
-        self.embed = session_from_onnx(folder / comps["embed"].file, threads=threads)
-        self.decoder = session_from_onnx(folder / comps["decoder"].file, threads=threads)
-        self.vision = session_from_onnx(folder / comps["vision"].file, threads=threads) if "vision" in comps else None
+        self.embed = session_from_onnx(folder / comps["embed"].file, providers, threads)
+        self.decoder = session_from_onnx(folder / comps["decoder"].file, providers, threads)
+        vision = comps.get("vision")
+        self.vision = session_from_onnx(folder / vision.file, providers, threads) if vision is not None else None
         check_session_type(self.decoder, "inputs_embeds", manifest, comps["decoder"].file)
         self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self.extra_inputs = {i.name for i in self.decoder.get_inputs()} - {
@@ -131,6 +141,21 @@ class DecoderRunner:
         self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None,
         num_tokens: int | None = None,
     ) -> Generation:
+        """Greedy decoding to ``max_new_tokens`` tokens or an end-of-sequence token, all at once."""
+        steps = self.stream(input_ids, max_new_tokens, pixel_values, num_tokens)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def stream(
+        self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None,
+        num_tokens: int | None = None,
+    ) -> Generator[int, None, Generation]:
+        """Greedy decoding that yields each token id as soon as it is chosen and returns the `Generation`
+        (``StopIteration.value``). The checks run at the first ``next()``. Times count only the work done
+        here, never the time the caller spends between two tokens, so they equal `generate`'s."""
         check_max_new_tokens(max_new_tokens)
         check_generation_length(len(input_ids), max_new_tokens, None)
         stages: dict[str, float] = {}
@@ -150,14 +175,18 @@ class DecoderRunner:
         ttft = _ms(start)
         stages["prefill_ms"] = ttft - stages.get("vision_ms", 0.0)
         tokens = [token]
-        step_start = time.perf_counter()
+        yield token
+        decode_ms = 0.0  # the further tokens' steps, summed
         eos = set(self.geometry.eos_token_ids)
         while len(tokens) < max_new_tokens and token not in eos:
+            step_start = time.perf_counter()
             embeds = self.embed.run(None, {"input_ids": np.asarray([[token]], dtype=np.int64)})[0]
             logits, past = self._step(embeds, past, len(input_ids) + len(tokens) - 1)
             token = int(np.argmax(logits[0, -1]))
             tokens.append(token)
-        tpot = _ms(step_start) / (len(tokens) - 1) if len(tokens) > 1 else 0.0
+            decode_ms += _ms(step_start)
+            yield token
+        tpot = decode_ms / (len(tokens) - 1) if len(tokens) > 1 else 0.0
         return Generation(list(input_ids), tokens, ttft, tpot, stages)
 
     def _empty_past(self) -> list[np.ndarray]:
