@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeattn.errors import EdgeAttnError
 from edgeattn.manifest import Manifest
+from edgeattn.runtime.tokenizer import load_tokenizer as runtime_tokenizer
 
 # onnxruntime makes one thread per count: more than this many is a typo, not a machine.
 MAX_THREADS = 1024
@@ -112,23 +113,7 @@ def check_image_tokens(manifest: Manifest, image_tokens: int, names: Names) -> N
 
 def load_tokenizer(folder: Path, manifest: Manifest) -> Any:
     """The folder's Hugging Face tokenizer (local files only), or a one-line refusal."""
-    if not manifest.tokenizer:
-        raise EdgeAttnError(f"{folder} has no tokenizer folder; re-export a model that ships one")
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    path = folder / manifest.tokenizer
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except MemoryError:
-        raise EdgeAttnError(f"not enough memory to load the tokenizer in {path}") from None
-    except Exception as err:  # noqa: BLE001 - tokenizer files that transformers or tokenizers reject
-        raise EdgeAttnError(f"cannot load the tokenizer in {path} ({type(err).__name__}); "
-                            "re-export the folder") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    return runtime_tokenizer(folder, manifest)
 
 
 def pixels_of(image: Any, manifest: Manifest, name: str) -> np.ndarray:

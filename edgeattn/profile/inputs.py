@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeattn.profile.settings import ProfileError
+from edgeattn.runtime.tokenizer import load_tokenizer as runtime_tokenizer
 
 # One generated input holds at most this many elements (1 GiB of float32), all of them together 2 GiB.
 MAX_INPUT_ELEMENTS = 1 << 28
@@ -149,24 +150,8 @@ def generated_pixels(batch: int, image_size: int, seed: int) -> np.ndarray:
 
 def load_tokenizer(folder: Path, manifest: Any) -> Any:
     """The tokenizer an exported folder ships (for --prompt); one line when there is none or it is broken."""
-    if not manifest.tokenizer:
-        raise ProfileError(f"{folder} has no tokenizer folder, so --prompt cannot be tokenized; leave --prompt out "
-                           "to generate token ids at --lengths")
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    path = folder / manifest.tokenizer
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except MemoryError:
-        raise ProfileError(f"not enough memory to load the tokenizer in {path}") from None
-    except Exception as err:  # noqa: BLE001 - tokenizer files that transformers or tokenizers reject
-        raise ProfileError(f"cannot load the tokenizer in {path} ({type(err).__name__}); "
-                           "re-export the folder") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    return runtime_tokenizer(folder, manifest, ProfileError,
+                             "leave --prompt out to generate token ids at --lengths")
 
 
 def prompt_ids(folder: Path, manifest: Any, prompt: str) -> list[int]:

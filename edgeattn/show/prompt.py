@@ -12,6 +12,7 @@ from edgeattn.errors import EdgeAttnError
 from edgeattn.graphs.session import session_from_onnx
 from edgeattn.manifest import Manifest
 from edgeattn.runtime.generate import position_limit
+from edgeattn.runtime.tokenizer import load_tokenizer as runtime_tokenizer
 
 # A prompt is read whole into one prefill: longer than this is not a prompt to draw (and the heat map of
 # its blocks would not fit a picture).
@@ -34,24 +35,7 @@ def check_prompt_text(prompt: str) -> None:
 
 def load_tokenizer(folder: Path, manifest: Manifest) -> Any:
     """The tokenizer saved in the export (local files only)."""
-    if not manifest.tokenizer:
-        raise EdgeAttnError(f"{folder} has no tokenizer folder, so --prompt cannot be read; re-export a model that "
-                            "ships one")
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    path = folder / manifest.tokenizer
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except MemoryError:
-        raise EdgeAttnError(f"not enough memory to load the tokenizer in {path}") from None
-    except Exception as err:  # noqa: BLE001 - tokenizer files that transformers or tokenizers reject
-        raise EdgeAttnError(f"cannot load the tokenizer in {path} ({type(err).__name__}); "
-                            "re-export the folder") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    return runtime_tokenizer(folder, manifest, missing="--prompt cannot be read without one; re-export a model that ships one")
 
 
 def prompt_ids(folder: Path, manifest: Manifest, prompt: str) -> list[int]:
