@@ -49,6 +49,12 @@ def test_pruned_tiny_vlm_matches_pytorch_end_to_end(exported, tmp_path):
     manifest = read_manifest(dense)
     runner = DecoderRunner(dense, manifest)
     runner.vision = session_from_onnx(tmp_path / "vision.onnx")
+    assert_runs_as_pytorch_pruned(runner)
+
+
+def assert_runs_as_pytorch_pruned(runner: DecoderRunner) -> None:
+    """The kept tokens, features and greedy tokens of `runner` (the tiny VLM pruned to K by fastervlm) are
+    the pruned model's in PyTorch (float32: features to rtol 2e-5, the export tolerance)."""
     image = pixels()
     outputs = runner.image_features(image)
     text = list(b"Describe")

@@ -14,7 +14,7 @@ from edgeattn.graphs.session import session_from_onnx
 from edgeattn.manifest import read_manifest
 from edgeattn.runtime.generate import DecoderRunner
 from tests.test_cli import invoke
-from tests.test_pruning_export import IMAGE_ID, K, pixels, torch_pruned_generation
+from tests.test_pruning_export import K, assert_runs_as_pytorch_pruned, pixels
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -39,16 +39,8 @@ def test_pruned_variant_of_a_vlm_folder_matches_pytorch_and_shares_the_rest(expo
         assert (out / name).stat().st_ino == (dense / name).stat().st_ino
     assert (out / "vision.onnx").stat().st_ino != (dense / "vision.onnx").stat().st_ino
 
-    # The variant runs as an export with --prune would: the kept tokens, features and greedy tokens of
-    # the pruned model in PyTorch (float32: features to rtol 2e-5, the export tolerance).
-    runner = DecoderRunner(out, manifest)
-    image = pixels()
-    outputs = runner.image_features(image)
-    text = list(b"Describe")
-    kept, features, tokens = torch_pruned_generation(text, image, K, 6)
-    assert outputs["kept_indices"][0].tolist() == kept
-    np.testing.assert_allclose(outputs["image_features"][0], features, rtol=2e-5, atol=1e-6)
-    assert runner.generate([IMAGE_ID] * K + text, 6, image).tokens == tokens
+    # The variant runs as an export with --prune would: as the pruned model in PyTorch.
+    assert_runs_as_pytorch_pruned(DecoderRunner(out, manifest))
 
 
 def test_variant_refusals(exported, tmp_path, capsys):
