@@ -111,7 +111,8 @@ def check_output_file(source: str | os.PathLike, destination: str | os.PathLike,
             raise GraphError(f"{destination} would overwrite the input {source} (or its data file {target.name}); "
                              "write the result to another file")
     if destination.is_dir():
-        raise GraphError(f"{destination} is a folder; give the path of the .onnx file to write")
+        raise GraphError(f"{destination} is a folder; give the path of the .onnx file to write (a folder OUT "
+                         "is written from an exported folder IN)")
     if destination.exists() and not force:
         raise GraphError(f"{destination} already exists; pass --force to replace it")
 

@@ -105,7 +105,7 @@ CASES = [
                                                       before=lambda f: (f / "sub").mkdir()), "overwrite the input"),
     Case("rewrite-out-clobbers-in-data", _data_named_like_output, "overwrite the input"),
     Case("rewrite-out-exists", _rewrite(before=lambda f: (f / "out.onnx").write_bytes(b"keep me")), "--force"),
-    Case("rewrite-out-is-folder", _rewrite(out="dir", before=lambda f: (f / "dir").mkdir()), "directory"),
+    Case("rewrite-out-is-folder", _rewrite(out="dir", before=lambda f: (f / "dir").mkdir()), "is a folder"),
     Case("rewrite-out-under-a-file", _rewrite(out="afile/out.onnx", before=lambda f: (f / "afile").write_text("x")),
          "afile"),
     Case("recipe-not-utf8", _recipe(b"default_op = \"\xff\xfe\"\n"), "not UTF-8", ("out.onnx",)),
