@@ -110,3 +110,18 @@ def test_variant_folders_are_accepted_by_run(exported, tmp_path, capsys, flag):
     code, stdout, err = invoke(["run", str(out), "--prompt", "Hi", "--max-new-tokens", "2", "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(stdout)["tokens"]) == 2
+
+
+def test_compile_builds_a_pruned_variant_with_its_pruning_plugins(exported, tmp_path, capsys):
+    """`compile` accepts a variant folder: TensorRT-RTX builds its three engines, the pruning ops of the
+    vision component as plugin layers (see tests/test_compile.py for when TensorRT-RTX is absent)."""
+    from tests.test_compile import _skip_without_trt
+
+    _skip_without_trt()
+    variant = tmp_path / "pruned"
+    assert invoke(["rewrite", str(exported("demo:tiny-llava")), str(variant), "--prune", "fastervlm:8"], capsys)[0] == 0
+    code, _, err = invoke(["compile", str(variant), "--out", str(tmp_path / "engines")], capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "engines" / "compile.json").read_text())
+    assert set(record["engines"]) == {"vision", "embed", "decoder"}
+    assert record["engines"]["vision"]["layer_types"]["PLUGIN_V3"] == 2
