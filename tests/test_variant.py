@@ -125,3 +125,21 @@ def test_compile_builds_a_pruned_variant_with_its_pruning_plugins(exported, tmp_
     record = json.loads((tmp_path / "engines" / "compile.json").read_text())
     assert set(record["engines"]) == {"vision", "embed", "decoder"}
     assert record["engines"]["vision"]["layer_types"]["PLUGIN_V3"] == 2
+
+
+def test_run_shows_the_kept_tokens_of_a_pruned_folder(exported, tmp_path, capsys):
+    from PIL import Image
+
+    from edgeattn.runtime.images import load_image, pixel_values
+
+    variant = tmp_path / "pruned"
+    assert invoke(["rewrite", str(exported("demo:tiny-llava")), str(variant), "--prune", "fastervlm:8"], capsys)[0] == 0
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photo)
+    code, stdout, err = invoke(["run", str(variant), "--prompt", "Hi", "--image", str(photo), "--max-new-tokens", "1",
+                                "--json"], capsys)
+    assert code == 0, err
+    manifest = read_manifest(variant)
+    pixels_in = pixel_values(load_image(str(photo)), manifest.vision.preprocess())
+    want = session_from_onnx(variant / "vision.onnx").run(["kept_indices"], {"pixel_values": pixels_in})[0][0]
+    assert json.loads(stdout)["kept_indices"] == want.tolist() and len(want) == 8

@@ -19,6 +19,7 @@ class Generated:
     ttft_ms: float  # vision + embed + prefill + first token
     tpot_ms: float  # mean time per generated token after the first (0 when only one was generated)
     stages_ms: Mapping[str, float] = field(default_factory=dict)  # vision_ms (with an image), prefill_ms
+    kept_indices: tuple[int, ...] | None = None  # the visual tokens a pruned export kept (patch positions)
 
 
 @dataclass(frozen=True)

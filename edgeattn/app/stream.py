@@ -72,4 +72,5 @@ class TextStream(Iterator[str]):
 def generated(generation: Generation, text: str) -> Generated:
     """The API's result for a runtime `Generation` and its decoded text."""
     return Generated(text=text, tokens=tuple(generation.tokens), prompt_tokens=len(generation.prompt_tokens),
-                     ttft_ms=generation.ttft_ms, tpot_ms=generation.tpot_ms, stages_ms=dict(generation.stages_ms))
+                     ttft_ms=generation.ttft_ms, tpot_ms=generation.tpot_ms, stages_ms=dict(generation.stages_ms),
+                     kept_indices=None if generation.kept_indices is None else tuple(generation.kept_indices))

@@ -72,6 +72,7 @@ def _generate(folder: Path, manifest, prompts, image, max_new_tokens, threads, i
         "ttft_ms": round(gen.ttft_ms, 3),
         "tpot_ms": round(gen.tpot_ms, 3),
         **{k: round(v, 3) for k, v in gen.stages_ms.items()},
+        **({} if gen.kept_indices is None else {"kept_indices": list(gen.kept_indices)}),
     }
 
 
@@ -107,6 +108,9 @@ def _print(result: dict[str, Any]) -> None:
             f"[{result['prompt_tokens']} prompt tokens, {len(result['tokens'])} generated] "
             f"time to first token {result['ttft_ms']:.1f} ms, per token {result['tpot_ms']:.1f} ms"
         )
+        if "kept_indices" in result:  # a pruned vision component: which patches (raster order) it kept
+            click.echo(f"kept {len(result['kept_indices'])} visual tokens at patches "
+                       f"{' '.join(map(str, result['kept_indices']))} (draw them with `edgeattn show`)")
     elif "embedding" in result:
         for row in result["embedding"]:
             click.echo("[" + ", ".join(f"{x:.4f}" for x in row[:8]) + f", ...] ({result['dim']} dims)")

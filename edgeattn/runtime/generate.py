@@ -67,6 +67,7 @@ class Generation:
     ttft_ms: float  # vision + embed + prefill + first token
     tpot_ms: float  # mean time per generated token after the first (0 when only one was generated)
     stages_ms: dict[str, float] = field(default_factory=dict)
+    kept_indices: list[int] | None = None  # the visual tokens a pruned vision component kept (patch positions)
 
 
 class DecoderRunner:
@@ -160,14 +161,17 @@ class DecoderRunner:
         check_generation_length(len(input_ids), max_new_tokens, None)
         stages: dict[str, float] = {}
         start = time.perf_counter()
-        features = embeds = text = None
+        features = embeds = text = kept = None
         if pixel_values is not None and self.needs_prompt:  # text-guided pruning reads the prompt's embeddings
             embeds = self.embed.run(None, {"input_ids": np.asarray([input_ids], dtype=np.int64)})[0]
             text = embeds[:, np.asarray(input_ids) != self.manifest.image_token_id]
         if pixel_values is not None:
             vision_start = time.perf_counter()
-            features = self.image_features(pixel_values, text, num_tokens)["image_features"]
+            outputs = self.image_features(pixel_values, text, num_tokens)
+            features = outputs["image_features"]
             stages["vision_ms"] = _ms(vision_start)
+            if "kept_indices" in outputs:
+                kept = [int(i) for i in outputs["kept_indices"][0]]
         embeds = self.prompt_embeddings(input_ids, features, embeds)
         past = self._empty_past()
         logits, past = self._step(embeds, past, 0)
@@ -187,7 +191,7 @@ class DecoderRunner:
             decode_ms += _ms(step_start)
             yield token
         tpot = decode_ms / (len(tokens) - 1) if len(tokens) > 1 else 0.0
-        return Generation(list(input_ids), tokens, ttft, tpot, stages)
+        return Generation(list(input_ids), tokens, ttft, tpot, stages, kept)
 
     def _empty_past(self) -> list[np.ndarray]:
         g = self.geometry
