@@ -74,7 +74,8 @@ def test_registry_lists_attention_with_typed_attributes() -> None:
     assert described["domain"] == "edgeattn" and described["version"] == 1
     kinds = {a["name"]: a["type"] for a in described["attributes"]}
     assert kinds == {"scale": "float", "causal": "int", "q_num_heads": "int", "kv_num_heads": "int",
-                     "softmax_precision": "int"}
+                     "softmax_precision": "int", "zero_nan_rows": "int", "softcap": "float", "left_window_size": "int",
+                     "right_window_size": "int", "qk_matmul_output_mode": "int"}
     assert all(a["from_site"] for a in described["attributes"])
 
 
@@ -109,7 +110,7 @@ def test_shape_rule_matches_reference_output(rank: int) -> None:
     attrs = {"q_num_heads": 6, "kv_num_heads": 2}
     arrays = random_case(rng, rank, 6, 2, 4, 3, 5, "none", ())
     expected = list(reference(arrays, attrs).shape)
-    assert SPEC.infer_shapes([list(a.shape) for a in arrays], SPEC.resolve(attrs)) == [expected]
+    assert SPEC.infer_shapes([list(a.shape) for a in arrays], SPEC.resolve(attrs))[0] == expected
     assert SPEC.infer_shapes([["B", 6, "S", 4], ["B", 2, "T", 4], ["B", 2, "T", 4]], {})[0] == ["B", 6, "S", 4]
 
 

@@ -17,6 +17,7 @@ from edgeattn.graphs import Recipe, find_sites, rewrite
 from edgeattn.ops.attention.function import build_function as attention_body
 from edgeattn.ops.registry import default_registry, get_op
 from edgeattn.ops.spec import AttrSpec, CallFacts, IOSpec, OpSpec
+from edgeattn.ops.attention.spec import SITE_INPUTS
 
 from graphs_golden import RTOL_FLOAT32, Dialect, build, parity, relative_error, session
 
@@ -132,7 +133,7 @@ def _scaled_attention() -> OpSpec:
     return dataclasses.replace(
         attention,
         name="ScaledAttention",
-        inputs=(*attention.inputs, IOSpec("temperature", "output factor", optional=True, tunable_for="temperature")),
+        inputs=(*SITE_INPUTS, IOSpec("temperature", "output factor", optional=True, tunable_for="temperature")),
         attributes=(*attention.attributes, AttrSpec("temperature", "float", 1.0, "output factor", tunable=True),
                     AttrSpec("note", "string", "", "free text")),
         function_key=lambda call, target: "r" + attention.function_key(

@@ -48,12 +48,27 @@ def _label(nodes: Iterable[ir.Node], match: Match, site: Site) -> ir.Node:
         else:
             node.name = f"{site.name}/edgeattn.{node.op_type}_{index}"
         node.metadata_props[RULE_TAG] = match.rule.name
+        if node is op_node:
+            _drop_unread_outputs(node)
         for position, value in enumerate(node.outputs):
-            if not value.name:
+            if not value.name and (position == 0 or node is not op_node):
                 value.name = f"{node.name}:{position}"
     if op_node is None:
         raise GraphError(f"rule {match.rule.name} wrote no edgeattn node for site {site.name}; this is a bug")
     return op_node
+
+
+def _drop_unread_outputs(node: ir.Node) -> None:
+    """Outputs of the op node after Y that nothing reads become absent (an empty name), and trailing
+    absent ones are dropped: the node computes only what the site's outputs were read for."""
+    for value in node.outputs[1:]:
+        if not value.uses() and not value.is_graph_output():
+            value.name = ""
+    count = len(node.outputs)
+    while count > 1 and not node.outputs[count - 1].name:
+        count -= 1
+    if count < len(node.outputs):
+        node.resize_outputs(count)
 
 
 def remove_unused(values: Iterable[ir.Value]) -> int:

@@ -1,7 +1,9 @@
 """Giving each rewritten site the op its recipe entry asks for (all sites start as edgeattn.Attention).
 
 Every op of kind "attention" takes the attention inputs first (Q, K, V, mask) and the site's own
-attributes (scale, causal, heads); the recipe adds its parameters. A tunable parameter read from a
+attributes (scale, causal, heads); the recipe adds its parameters. A site that uses more of the
+standard Attention contract than the chosen op declares (softcap, windows, a KV cache, ...) is refused
+for that op (`features.SiteRefused`) and keeps the op it has. A tunable parameter read from a
 graph input becomes that input of the node (the graph input is created once, shared by name).
 """
 
@@ -12,6 +14,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgeattn.errors import RecipeError
+from edgeattn.graphs.features import check_op_fits
 from edgeattn.graphs.recipe import KEEP, Assignment
 from edgeattn.ops.registry import Registry
 from edgeattn.ops.spec import AttrSpec, OpSpec
@@ -21,10 +24,14 @@ _INPUT_TYPES = {"float": ir.DataType.FLOAT, "int": ir.DataType.INT64}
 
 
 def assign_op(graph: ir.Graph, node: ir.Node, assignment: Assignment, registry: Registry) -> bool:
-    """Make `node` the op `assignment` asks for; returns whether the node changed."""
+    """Make `node` the op `assignment` asks for; returns whether the node changed. Raises SiteRefused
+    (and changes nothing) when that op cannot honour what the site uses (`features.check_op_fits`)."""
     if assignment.op == KEEP:
         return False
     spec = registry.get(assignment.op)
+    source = registry.find(node.domain, node.op_type)
+    if source is not None and source.name != spec.name:
+        check_op_fits(graph, node, source, spec)
     before = (node.op_type, _attribute_values(node), tuple(node.inputs))
     site_values = {a.name: node.attributes[a.name].value for a in spec.attributes
                    if a.from_site and a.name in node.attributes and not node.attributes[a.name].is_ref()}
@@ -34,8 +41,10 @@ def assign_op(graph: ir.Graph, node: ir.Node, assignment: Assignment, registry: 
     node.op_type = spec.name
     node.attributes.clear()
     for name, value in values.items():
-        node.attributes[name] = _attr(spec.attribute(name), value)
-    _set_tunable_inputs(graph, node, spec, assignment)
+        attr = spec.attribute(name)
+        if not (attr.optional and value == attr.default):  # an unused part of the contract stays unwritten
+            node.attributes[name] = _attr(attr, value)
+    _set_tunable_inputs(graph, node, source or spec, spec, assignment)
     return before != (node.op_type, _attribute_values(node), tuple(node.inputs))
 
 
@@ -49,19 +58,28 @@ def _attr(spec: AttrSpec, value: Any) -> ir.Attr:
     return ir.Attr(spec.name, kinds[spec.kind], list(value) if isinstance(value, tuple) else value)
 
 
-def _set_tunable_inputs(graph: ir.Graph, node: ir.Node, spec: OpSpec, assignment: Assignment) -> None:
+def _set_tunable_inputs(graph: ir.Graph, node: ir.Node, source: OpSpec, spec: OpSpec, assignment: Assignment) -> None:
+    """The inputs after the attention ones: a tunable one from its graph input when the recipe asks, an
+    input both ops declare at that position (a KV cache of Attention) kept, anything else dropped."""
     wanted = {spec.tunable_input_index(attr): name for attr, name in assignment.inputs.items()}
-    last_attention = min(len(node.inputs), _ATTENTION_INPUTS)
-    size = max([last_attention, *(index + 1 for index in wanted)])
+    size = max([len(node.inputs), *(index + 1 for index in wanted)])
     node.resize_inputs(size)
-    for index in range(last_attention, size):
+    for index in range(_ATTENTION_INPUTS, size):
         if index in wanted:
             attr = spec.inputs[index].tunable_for
             node.replace_input_with(index, _graph_input(graph, wanted[index], spec.attribute(attr or "")))
-        else:
+        elif not _same_input(source, spec, index):
             node.replace_input_with(index, None)
     while node.inputs and node.inputs[-1] is None:
         node.resize_inputs(len(node.inputs) - 1)
+
+
+def _same_input(source: OpSpec, spec: OpSpec, index: int) -> bool:
+    """Whether input `index` means the same for both ops (a non-tunable input of one name)."""
+    if index >= len(source.inputs) or index >= len(spec.inputs):
+        return False
+    mine, theirs = source.inputs[index], spec.inputs[index]
+    return mine.name == theirs.name and theirs.tunable_for is None
 
 
 def _graph_input(graph: ir.Graph, name: str, attr: AttrSpec) -> ir.Value:

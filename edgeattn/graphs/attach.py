@@ -71,7 +71,7 @@ def attach_bodies(model: ir.Model, target: Target, registry: Registry) -> int:
         spec = _spec(node, registry)
         if is_trt_form(node):
             _from_trt(node, spec)
-        _write_defaults(node, spec)
+        _write_defaults(node, spec, target)
         if target == "trt":
             _to_trt(node, spec)
             if spec.kind == "attention":
@@ -214,10 +214,11 @@ def _spec(node: ir.Node, registry: Registry) -> OpSpec:
     return spec
 
 
-def _write_defaults(node: ir.Node, spec: OpSpec) -> None:
-    """Every attribute written out, except tunables that come from an input: plugins read them all."""
+def _write_defaults(node: ir.Node, spec: OpSpec, target: Target) -> None:
+    """Every attribute written out, except tunables that come from an input: plugins read them all. For
+    onnxruntime an optional attribute at its default stays unwritten (the function body declares it)."""
     for attr in spec.attributes:
-        if attr.name in node.attributes:
+        if attr.name in node.attributes or (attr.optional and target == "ort"):
             continue
         if attr.tunable and _carried_by_input(node, spec, attr.name):
             continue

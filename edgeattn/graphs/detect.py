@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
+from edgeattn.graphs.features import feature_usage
 from edgeattn.graphs.layers import assign_layers
 from edgeattn.graphs.reasons import NOT_ATTENTION, refusal_reasons
 from edgeattn.graphs.report import EdgeAttnNode, Site, SiteReport, Unmatched
@@ -175,8 +176,22 @@ def _existing_site(node: ir.Node, position: int, where: str) -> Site:
         graph=where,
         op=node.op_type,
         nodes=(node_label(node, position),),
-        details={"node": node_label(node, position), "source_dialect": node.metadata_props.get(DIALECT_TAG)},
+        details=_existing_details(node, position),
     )
+
+
+def _existing_details(node: ir.Node, position: int) -> dict[str, Any]:
+    """The node's label and source dialect, and the features it uses beyond the basic form (a KV cache,
+    softcap, windows, ...), as a rule's site reports them."""
+    from edgeattn.ops.registry import default_registry
+
+    details: dict[str, Any] = {"node": node_label(node, position),
+                               "source_dialect": node.metadata_props.get(DIALECT_TAG)}
+    spec = default_registry().find(node.domain, node.op_type)
+    used = feature_usage(node, spec).phrases() if spec is not None else []
+    if used:
+        details["features"] = ", ".join(used)
+    return details
 
 
 def _int_attr(attrs: Any, name: str) -> int:

@@ -19,10 +19,11 @@ from edgeattn.errors import GraphError
 from edgeattn.graphs.apply import apply_match
 from edgeattn.graphs.assign import assign_op
 from edgeattn.graphs.detect import detect
+from edgeattn.graphs.features import SiteRefused
 from edgeattn.graphs.io import MAX_IR_VERSION, MIN_IR_VERSION
 from edgeattn.graphs.attach import TARGETS, Target
-from edgeattn.graphs.recipe import KEEP, Recipe
-from edgeattn.graphs.report import Rewritten, RewriteReport
+from edgeattn.graphs.recipe import KEEP, Assignment, Recipe
+from edgeattn.graphs.report import Rewritten, RewriteReport, Site, Unmatched
 from edgeattn.graphs.prepare import prepare
 from edgeattn.ops.registry import Registry
 from edgeattn.ops.spec import MIN_REWRITE_OPSET, STANDARD_DOMAINS, standard_opset
@@ -51,22 +52,32 @@ def rewrite_sites(model: ir.Model, recipe: Recipe, component: str | None, regist
     prepare(model)
     detection = detect(model, component)
     assignments = recipe.assign(detection.report.sites, component)
-    rewritten, kept = [], []
+    rewritten, kept, declined = [], [], []
     for site in detection.report.sites:
         chosen = assignments[site.name]
         if site.name in detection.existing:
             node = detection.existing[site.name]
-            if chosen.entry is not None and assign_op(model.graph, node, chosen, registry):
+            if chosen.entry is not None and _assigned(model, node, chosen, registry, site, declined):
                 rewritten.append(Rewritten(site.name, site.layer, site.dialect, site.rule, node.op_type, node.name))
             continue
         if chosen.op == KEEP:
             kept.append(site.name)
             continue
         node = apply_match(model, detection.matches[site.name], site)
-        assign_op(model.graph, node, chosen, registry)
+        _assigned(model, node, chosen, registry, site, declined)
         rewritten.append(Rewritten(site.name, site.layer, site.dialect, site.rule, node.op_type, node.name or ""))
-    refused = tuple(item for item in detection.report.unmatched if item.attention)
+    refused = tuple(item for item in detection.report.unmatched if item.attention) + tuple(declined)
     return RewriteReport(tuple(rewritten), tuple(kept), refused, target, component, time.perf_counter() - started)
+
+
+def _assigned(model: ir.Model, node: ir.Node, chosen: Assignment, registry: Registry, site: Site,
+              declined: list[Unmatched]) -> bool:
+    """`assign_op`; a site the chosen op cannot honour keeps its op and is reported as refused for it."""
+    try:
+        return assign_op(model.graph, node, chosen, registry)
+    except SiteRefused as refusal:
+        declined.append(Unmatched(site.name, node.op_type, site.graph, (str(refusal),)))
+        return False
 
 
 def finish_for_runtime(model: ir.Model) -> None:

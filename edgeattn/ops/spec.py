@@ -42,7 +42,9 @@ def standard_opset(opset_imports: Mapping[str, int], default: int | None = None)
 @dataclass(frozen=True)
 class AttrSpec:
     """One attribute. `tunable` ones may come from a graph input instead (a budget, a threshold);
-    `from_site` ones are read from the matched attention site and cannot be set by a recipe."""
+    `from_site` ones are read from the matched attention site and cannot be set by a recipe; `optional`
+    ones are written on a node for onnxruntime only when they differ from the default (parts of a contract
+    most sites do not use: the function body declares the default)."""
 
     name: str
     kind: AttrKind
@@ -51,6 +53,7 @@ class AttrSpec:
     tunable: bool = False
     from_site: bool = False
     choices: tuple[Any, ...] | None = None
+    optional: bool = False
 
     def coerce(self, value: Any) -> Any:
         """`value` as this attribute's Python type; ValueError with a sentence when it is not one."""
@@ -99,13 +102,15 @@ def _shown(value: Any) -> str:
 
 @dataclass(frozen=True)
 class IOSpec:
-    """One input or output. An input with `tunable_for` carries that attribute's value at run time."""
+    """One input or output. An input with `tunable_for` carries that attribute's value at run time; an
+    output with `statistics` is the optional statistics output (skip ratio, density) calibration reads."""
 
     name: str
     doc: str
     optional: bool = False
     types: tuple[str, ...] = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)")
     tunable_for: str | None = None
+    statistics: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ class OpSpec:
     @property
     def statistics_output(self) -> str | None:
         """The name of the optional statistics output (skip ratio, density), when the op has one."""
-        return self.outputs[1].name if len(self.outputs) > 1 else None
+        return next((io.name for io in self.outputs if io.statistics), None)
 
     def attribute(self, name: str) -> AttrSpec:
         for attr in self.attributes:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -21,6 +21,7 @@ from edgeattn.graphs.detect import Detection, Match, detect
 from edgeattn.graphs.pruning.emit import Emitter
 from edgeattn.graphs.report import Site
 from edgeattn.graphs.values import dims
+from edgeattn.ops.attention.spec import FEATURE_ATTRIBUTES, FEATURE_INPUTS, SITE_INPUTS
 from edgeattn.ops.registry import default_registry
 
 
@@ -95,7 +96,9 @@ def _fused_tap(model: ir.Model, site: Site, match: Match, emit: Emitter) -> Atte
         raise PruningError(f"site {site.name} matched when found but not when tapped; report this with the model")
     plan = match.rule.plan(**result.bindings)
     tape = _tape()
-    query, key = plan.build_inputs(tape)[:2]
+    inputs = plan.build_inputs(tape)
+    _refuse_features(site, plan.attributes, inputs)
+    query, key = inputs[:2]
     emit.adopt(list(tape.nodes), "qk")
     attributes = {"scale": float(plan.attributes["scale"])}
     if plan.rank == 3:
@@ -105,6 +108,8 @@ def _fused_tap(model: ir.Model, site: Site, match: Match, emit: Emitter) -> Atte
 
 
 def _edgeattn_tap(site: Site, node: ir.Node) -> AttentionTap:
+    given = {name: attr.value for name, attr in node.attributes.items() if not attr.is_ref()}
+    _refuse_features(site, given, list(node.inputs))
     query, key = node.inputs[0], node.inputs[1]
     rank = len(query.shape) if query is not None and query.shape is not None else 4
     attributes = {"scale": node.attributes.get_float("scale", 0.0)}
@@ -112,6 +117,25 @@ def _edgeattn_tap(site: Site, node: ir.Node) -> AttentionTap:
         attributes["q_num_heads"] = node.attributes.get_int("q_num_heads", 0)
         attributes["kv_num_heads"] = node.attributes.get_int("kv_num_heads", 0)
     return AttentionTap(site, query=query, key=key, attributes=attributes, seq_len=_seq_length(query, key, rank))
+
+
+def _refuse_features(site: Site, attributes: Mapping[str, Any], inputs: Sequence[ir.Value | None]) -> None:
+    """TokenScore recomputes the attention of the site from Q, K and the scale: a site whose probabilities
+    also depend on softcap, windows, a KV cache inside the op or padding lengths cannot be tapped that way
+    (extra outputs, such as qk_matmul_output, change nothing)."""
+    used = [f"{attr.name} = {_shown(attributes[attr.name])}" for attr in FEATURE_ATTRIBUTES
+            if attr.name != "qk_matmul_output_mode" and attributes.get(attr.name, attr.default) != attr.default]
+    offset = len(SITE_INPUTS)
+    used += [io.name for index, io in enumerate(FEATURE_INPUTS, offset)
+             if index < len(inputs) and inputs[index] is not None]
+    if used:
+        raise PruningError(f"the attention of site {site.name} uses {', '.join(used)}, which TokenScore does not "
+                           "recompute from Q and K; tap another layer (layer=N) or use a method that needs no "
+                           "attention")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else repr(value)
 
 
 def _seq_length(query: ir.Value | None, key: ir.Value | None, rank: int) -> int | None:

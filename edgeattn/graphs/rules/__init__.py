@@ -5,11 +5,12 @@ from __future__ import annotations
 from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts
 from edgeattn.graphs.rules.decomposed import DecomposedAttention
 from edgeattn.graphs.rules.einsum import EinsumAttention
-from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention, OnnxAttention
+from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention
+from edgeattn.graphs.rules.standard import onnx_attention_rules
 
 
 def attention_rules() -> tuple[AttentionRule, ...]:
-    return (OnnxAttention(), MsAttention(), MsMultiHeadAttention(), DecomposedAttention(), EinsumAttention())
+    return (*onnx_attention_rules(), MsAttention(), MsMultiHeadAttention(), DecomposedAttention(), EinsumAttention())
 
 
 __all__ = ["AttentionRule", "Plan", "Refusal", "SiteFacts", "attention_rules"]

@@ -57,6 +57,7 @@ class Plan:
     rank: int  # rank of the op's Q, K, V (3 or 4)
     dtype: ir.DataType | None  # element type of Q, K, V
     finish: OutputFinisher | None = None  # maps the op's output back to the site's output
+    outputs: int = 1  # outputs of the edgeattn node (the pattern's: Y, then the site's others in the op's order)
 
 
 class AttentionRule(orp.RewriteRuleClassBase):
@@ -82,8 +83,11 @@ class AttentionRule(orp.RewriteRuleClassBase):
         _annotate(inputs, plan)
         while inputs and inputs[-1] is None:
             inputs.pop()
-        out = op.Attention(*inputs, _domain=EDGEATTN, **plan.attributes)
-        return plan.finish(op, out) if plan.finish is not None else out
+        if plan.outputs == 1:
+            out = op.Attention(*inputs, _domain=EDGEATTN, **plan.attributes)
+            return plan.finish(op, out) if plan.finish is not None else out
+        first, *others = op.Attention(*inputs, _domain=EDGEATTN, _outputs=plan.outputs, **plan.attributes)
+        return [plan.finish(op, first) if plan.finish is not None else first, *others]
 
     def may_match(self, node: ir.Node) -> bool:
         """A cheap test before the pattern matcher: the node has the pattern's root op type."""
@@ -133,7 +137,8 @@ def ints_attribute(node: ir.Node, name: str, default: Any) -> Any:
 
 
 def attention_attributes(
-    scale: float | None, causal: int, q_heads: int | None, kv_heads: int | None, softmax_precision: int = 0
+    scale: float | None, causal: int, q_heads: int | None, kv_heads: int | None, softmax_precision: int = 0,
+    zero_nan_rows: int = 0,
 ) -> dict[str, Any]:
     """The edgeattn.Attention attributes of a site, every one written out (TensorRT plugins read them all).
 
@@ -149,4 +154,5 @@ def attention_attributes(
         "q_num_heads": int(q_heads or 0),
         "kv_num_heads": int(kv_heads or 0),
         "softmax_precision": int(softmax_precision),
+        **({"zero_nan_rows": 1} if zero_nan_rows else {}),
     }

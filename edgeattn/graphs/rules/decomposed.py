@@ -86,7 +86,9 @@ class DecomposedAttention(AttentionRule):
             details={"key": key_reading.form, "gqa_group": group, "masks": [t.kind for t in terms],
                      **({"causal_from": causal_from} if causal else {})},
         )
-        attributes = attention_attributes(scale, causal, *(_op_heads(layout, q_heads, kv_heads)), precision)
+        # the IsNaN/Where guard zeroes every NaN probability, not only those of fully masked rows
+        attributes = attention_attributes(scale, causal, *(_op_heads(layout, q_heads, kv_heads)), precision,
+                                          zero_nan_rows=1 if b.get("guard") else 0)
         score_dtype = scores.dtype or dtypes[0]
         build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype, out_perm)
         return Plan(facts, attributes, build_inputs, 4, dtypes[0] or score_dtype,

@@ -1,5 +1,6 @@
-"""Attention already fused into one node: ONNX `Attention` (opset 23/24) and the `com.microsoft`
-`Attention` / `MultiHeadAttention` that onnxruntime's transformers optimizer writes."""
+"""Attention already fused into one node: the `com.microsoft` `Attention` / `MultiHeadAttention` that
+onnxruntime's transformers optimizer writes (ONNX `Attention` is `rules.standard`), and what fused rules
+share (`_default_scale`, `_heads`, `_input`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from edgeattn.graphs.rules.base import (
     ints_attribute,
 )
 from edgeattn.graphs.rules.masks import lengths_to_keep, padding_mask
-from edgeattn.ops.spec import standard_opset
 from edgeattn.graphs.rules.operands import read_key_value_heads
 from edgeattn.graphs.values import dims, rank, same_dim, static_dim
 
@@ -51,82 +51,6 @@ def _heads(node: ir.Node, name: str, hidden: int | None) -> int:
     if hidden is not None and hidden % heads:
         raise Refusal(f"{name} {heads} does not divide the hidden size {hidden}", node)
     return heads
-
-
-class OnnxAttention(AttentionRule):
-    """ONNX `Attention` (opset 23 and 24), as the dynamo exporter writes SDPA."""
-
-    dialect = "onnx-attention"
-    root = ("", "Attention")
-
-    def pattern(self, op, query, key, value):
-        return op.Attention(query, key, value, _allow_other_inputs=True, _outputs=["y"])
-
-    def plan(self, **b: Any) -> Plan:
-        node = b["y"].producer()
-        softcap = float_attribute(node, "softcap", 0.0)
-        if softcap != 0.0:
-            raise Refusal(f"softcap {softcap:g} is not supported", node)
-        if int_attribute(node, "left_window_size", -1) >= 0 or int_attribute(node, "right_window_size", -1) >= 0:
-            raise Refusal("sliding-window attention (left/right_window_size) is not supported", node)
-        if _input(node, 4) is not None or _input(node, 5) is not None:
-            raise Refusal("past_key/past_value inputs (a KV cache inside the op) are not supported", node)
-        if _input(node, 6) is not None:
-            raise Refusal("the nonpad_kv_seqlen input is not supported", node)
-        query, key, value, mask = b["query"], b["key"], b["value"], _input(node, 3)
-        layout = "bhsd" if rank(query) == 4 else "bs(hd)" if rank(query) == 3 else None
-        if layout is None:
-            raise Refusal("the rank of Q is unknown or not 3/4", query)
-        group = 1
-        if layout == "bhsd":
-            key, value, group = read_key_value_heads(key, value)
-            q_heads, kv_heads = static_dim(query, 1), static_dim(key, 1)
-            head_size = static_dim(query, -1)
-        else:
-            hidden = static_dim(query, -1)
-            q_heads, kv_heads = _heads(node, "q_num_heads", hidden), _heads(node, "kv_num_heads", static_dim(key, -1))
-            head_size = hidden // q_heads if hidden else None
-        _check_mask_length(mask, key, layout)
-        mask = _unless_all_visible(node, mask, query, key, layout)
-        causal = 1 if int_attribute(node, "is_causal", 0) else 0
-        scale = _default_scale(node, head_size, zero_is_default=False)
-        precision = int_attribute(node, "softmax_precision", 0)
-        if query.dtype is not None and precision == int(query.dtype):
-            precision = 0
-        mask_kind = "none" if mask is None else "bool" if mask.dtype == ir.DataType.BOOL else "additive"
-        facts = SiteFacts(node, self.dialect, layout, q_heads, kv_heads, head_size, mask_kind, causal, scale,
-                          {"gqa_group": group})
-        attributes = attention_attributes(scale, causal, q_heads, kv_heads, precision)
-        inputs = [query, key, value, mask]
-        return Plan(facts, attributes, lambda op: list(inputs), 4 if layout == "bhsd" else 3, query.dtype)
-
-
-def _unless_all_visible(node: ir.Node, mask: ir.Value | None, query: ir.Value, key: ir.Value,
-                        layout: str) -> ir.Value | None:  # fmt: skip
-    """None for a mask built from constants and shapes alone that hides no key at any probed size (dynamo's
-    exports of SDPA without a mask carry an expanded all-true one): the same as no mask, which lets the
-    kernels that take no mask compute the site. Any other mask is kept."""
-    from edgeattn.graphs.geometry import ALL_VISIBLE, causal_mode
-    from edgeattn.graphs.rules.masks import MAX_FILL
-
-    if mask is None or mask.shape is None or len(mask.shape) < 2:
-        return mask
-    axis = 2 if layout == "bhsd" else 1
-    q_shape, k_shape = query.shape, key.shape
-    if q_shape is None or k_shape is None or len(q_shape) <= axis or len(k_shape) <= axis:
-        return mask
-    graph = node.graph
-    opset = standard_opset(graph.opset_imports, 23) if isinstance(graph, ir.Graph) else 23
-    form = "keep" if mask.dtype == ir.DataType.BOOL else "add"
-    mode = causal_mode(mask, form, q_shape[axis], k_shape[axis], opset, MAX_FILL)
-    return None if mode == ALL_VISIBLE else mask
-
-
-def _check_mask_length(mask: ir.Value | None, key: ir.Value, layout: str) -> None:
-    """Opset 24 pads a mask shorter than the keys with -inf; edgeattn.Attention only broadcasts."""
-    mask_len, key_len = static_dim(mask, -1), static_dim(key, 2 if layout == "bhsd" else 1)
-    if mask_len is not None and key_len is not None and mask_len not in (1, key_len):
-        raise Refusal(f"the mask covers {mask_len} keys of {key_len} (opset-24 padding is not supported)", mask)
 
 
 class MsAttention(AttentionRule):

@@ -26,6 +26,8 @@ import onnx
 import onnx_ir as ir
 
 from edgeattn.graphs.apply import remove_unused
+from edgeattn.ops.attention.spec import INPUTS
+from edgeattn.ops.attention.spec import NAME as ATTENTION_NAME
 from edgeattn.ops.dims import canonical_dim
 from edgeattn.ops.spec import DOMAIN, standard_opset
 from edgeattn.graphs.values import dims
@@ -49,7 +51,7 @@ def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
     changed = []
     graph = model.graph
     for node in list(graph):
-        if node.domain != DOMAIN or node.op_type not in wanted or len(node.inputs) < 4:
+        if node.domain != DOMAIN or node.op_type not in wanted or len(node.inputs) < 4 or _has_cache(node):
             continue
         mask, query, key = node.inputs[3], node.inputs[0], node.inputs[1]
         if mask is None or mask.dtype != ir.DataType.BOOL or node.attributes.get_int("causal", 0) != 0:
@@ -73,6 +75,14 @@ def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
         node.attributes["causal"] = ir.AttrInt64("causal", 2)
         changed.append(node.name or "")
     return changed
+
+
+def _has_cache(node: ir.Node) -> bool:
+    """A KV cache inside the op (past_key, past_value): its mask covers the cached keys too, and its causal
+    diagonal sits after them; such a node keeps its mask."""
+    cache = [index for index, io in enumerate(INPUTS) if io.name in ("past_key", "past_value")]
+    return any(index < len(node.inputs) and node.inputs[index] is not None for index in cache) and \
+        node.op_type == ATTENTION_NAME
 
 
 def _factors(value: ir.Value) -> list[ir.Value]:

@@ -11,13 +11,18 @@ from typing import Any
 
 import onnx_ir as ir
 
+from edgeattn.ops.attention.trt import node_beyond_basic_form
 from edgeattn.ops.bodies import Nodes
 from edgeattn.ops.ort import OrtLowering, Plan, SharedValues, LoweringSite, attention, causal_mask, causal_site
 from edgeattn.ops.ort import if_else as _if
 
 
 def ort_lowering(node: ir.Node, attrs: dict[str, Any], opset: int) -> Plan | str:
-    """The causal-chunks plan for a causal site, or why the node keeps its function body."""
+    """The causal-chunks plan for a causal site, or why the node keeps its function body (a node that uses
+    more of the op than Q, K, V and a mask, such as a KV cache or softcap, keeps it too)."""
+    beyond = node_beyond_basic_form(node)
+    if beyond is not None:
+        return f"the causal-chunks lowering computes Q, K, V and a mask only, not {beyond}"
     site = causal_site(node, attrs, opset)
     if isinstance(site, str):
         return site

@@ -12,19 +12,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from edgeattn.ops.attention.spec import trt_unsupported
+from edgeattn.ops.attention.spec import beyond_basic_form, trt_unsupported
 from edgeattn.ops.trt_plugin import Dim, In, KernelChoice, NodeView, PluginDef, power_of_two_in
 
 BOOL = ir.DataType.BOOL
 
 
 def to_trt_form(node: ir.Node) -> None:
-    """Rewrite `node` (in its graph) into the TensorRT signature; ValueError when types are unknown or the
-    node uses a part of the op the TensorRT form does not carry."""
-    reason = trt_unsupported({name: attr.value for name, attr in node.attributes.items()}, len(node.inputs),
-                             len(node.outputs))  # fmt: skip
-    if reason is not None:
-        raise ValueError(reason)
+    """Rewrite `node` (in its graph) into the TensorRT signature; ValueError when types are unknown. A node
+    that uses a part of the op the plugin does not take (a KV cache, softcap, windows, padding lengths, the
+    extra outputs) stays as it is: it keeps a function body of its own, which TensorRT inlines."""
+    if node_beyond_basic_form(node) is not None:
+        return
     query = node.inputs[0]
     if query is None or query.dtype is None:
         raise ValueError(f"the element type of Q of {node.name} is unknown")
@@ -38,6 +37,13 @@ def to_trt_form(node: ir.Node) -> None:
     precision = node.attributes.get_int("softmax_precision", 0)
     if precision == 0:
         node.attributes["softmax_precision"] = ir.AttrInt64("softmax_precision", int(dtype))
+
+
+def node_beyond_basic_form(node: ir.Node) -> str | None:
+    """`beyond_basic_form` for a node of the graph: what it uses beyond Q, K, V and a mask -> Y, or None."""
+    attributes = {name: attr.value for name, attr in node.attributes.items() if not attr.is_ref()}
+    inputs = max((i + 1 for i, value in enumerate(node.inputs) if value is not None), default=0)
+    return beyond_basic_form(attributes, inputs, len(node.outputs))
 
 
 def _rank(value: ir.Value) -> int | None:
@@ -153,6 +159,9 @@ def flash_build(view: "NodeView", scale_factor: float, block_m: int = 128, block
 
 
 def _choose(view: "NodeView") -> "KernelChoice | str":
+    reason = trt_unsupported(view.attributes, max(view.present, default=-1) + 1, view.outputs)
+    if reason is not None:
+        return reason
     reason = flash_kernel_reason(view, mask_position=3)
     if reason is not None:
         return reason

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from edgeattn.ops.attention.spec import ATTRIBUTES as _SITE
+from edgeattn.ops.attention.spec import SITE_ATTRIBUTES as _SITE
 from edgeattn.ops.spec import AttrSpec, IOSpec, Shape
 
 NAME = "BlockSelect"
@@ -21,7 +21,7 @@ NAME = "BlockSelect"
 DOC = ("Block selection from mean-pooled Q and mean/max/min-pooled K scores: topk, threshold or cumulative "
        "probability, with always-kept local (diagonal), sink and last-row blocks; bool [B, Hkv, nQB, nKB].")
 
-SITE_ATTRIBUTES = tuple(a for a in _SITE if a.name != "softmax_precision")
+SITE_ATTRIBUTES = tuple(a for a in _SITE if a.name != "softmax_precision")  # (zero_nan_rows is not a site one)
 
 SELECTION_ATTRIBUTES = (
     AttrSpec("block_size", "int", 64, "rows and keys per block (blocks are aligned to positions)"),

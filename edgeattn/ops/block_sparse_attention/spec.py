@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from edgeattn.ops.attention.spec import ATTRIBUTES as SITE_ATTRIBUTES
-from edgeattn.ops.attention.spec import INPUTS as ATTENTION_INPUTS
-from edgeattn.ops.attention.spec import infer_shapes as attention_shapes
+from edgeattn.ops.attention.spec import SITE_ATTRIBUTES
+from edgeattn.ops.attention.spec import SITE_INPUTS as ATTENTION_INPUTS
+from edgeattn.ops.attention.spec import site_shapes as attention_shapes
 from edgeattn.ops.block_select.spec import SELECTION_ATTRIBUTES
 from edgeattn.ops.block_select.spec import check_selection as _check_selection
 from edgeattn.ops.dims import static_dim
@@ -45,7 +45,7 @@ INPUTS = (
 OUTPUTS = (
     IOSpec("Y", "output, [B, Hq, Sq, dv] or [B, Sq, Hq·dv]"),
     IOSpec("density", "computed / visible (query, key) pairs over the call, float scalar", optional=True,
-           types=("tensor(float)",)),
+           types=("tensor(float)",), statistics=True),
 )
 
 ATTRIBUTES = (

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from edgeattn.ops.attention.spec import ATTRIBUTES as SITE_ATTRIBUTES
-from edgeattn.ops.attention.spec import INPUTS as ATTENTION_INPUTS
-from edgeattn.ops.attention.spec import infer_shapes as attention_shapes
+from edgeattn.ops.attention.spec import SITE_ATTRIBUTES
+from edgeattn.ops.attention.spec import SITE_INPUTS as ATTENTION_INPUTS
+from edgeattn.ops.attention.spec import site_shapes as attention_shapes
 from edgeattn.ops.spec import AttrSpec, IOSpec, Shape
 
 NAME = "SkipSoftmaxAttention"
@@ -34,7 +34,7 @@ INPUTS = (
 OUTPUTS = (
     IOSpec("Y", "output, [B, Hq, Sq, dv] or [B, Sq, Hq·dv]"),
     IOSpec("skip_ratio", "skipped / visited key tiles over the call, float scalar", optional=True,
-           types=("tensor(float)",)),
+           types=("tensor(float)",), statistics=True),
 )
 
 ATTRIBUTES = (
