@@ -245,10 +245,10 @@ def test_a_softmax_that_is_not_attention_is_unmatched_but_not_refused() -> None:
 
 
 def test_fused_ops_without_a_rule_are_reported() -> None:
-    node = helper.make_node("GroupQueryAttention", ["q3", "k3", "v3"], ["y"], domain="com.microsoft", name="gqa")
+    node = helper.make_node("PackedAttention", ["q3", "k3", "v3"], ["y"], domain="com.microsoft", name="packed")
     model = _model([node], [_tensor("q3", ["B", "S", 32]), _tensor("k3", ["B", "S", 16]), _tensor("v3", ["B", "S", 16])], Y, ms=True)
     report = find_sites(ir.serde.deserialize_model(model))
-    assert report.unmatched[0].reasons == ("no rule handles com.microsoft.GroupQueryAttention",)
+    assert report.unmatched[0].reasons == ("no rule handles com.microsoft.PackedAttention",)
 
 
 def test_opsets_below_13_and_unknown_targets_are_errors() -> None:

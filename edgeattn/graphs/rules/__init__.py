@@ -6,11 +6,13 @@ from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts
 from edgeattn.graphs.rules.decomposed import DecomposedAttention
 from edgeattn.graphs.rules.einsum import EinsumAttention
 from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention
+from edgeattn.graphs.rules.gqa import gqa_rules
 from edgeattn.graphs.rules.standard import onnx_attention_rules
 
 
 def attention_rules() -> tuple[AttentionRule, ...]:
-    return (*onnx_attention_rules(), MsAttention(), MsMultiHeadAttention(), DecomposedAttention(), EinsumAttention())
+    return (*onnx_attention_rules(), MsAttention(), MsMultiHeadAttention(), *gqa_rules(), DecomposedAttention(),
+            EinsumAttention())
 
 
 __all__ = ["AttentionRule", "Plan", "Refusal", "SiteFacts", "attention_rules"]

@@ -1,0 +1,250 @@
+"""onnxruntime's `com.microsoft.GroupQueryAttention`, as its model builder writes it for every LLM: 3-D Q, K, V
+(or Q, K and V packed in one input), a BNSH KV cache whose concatenation happens inside the op, and the
+lengths `seqlens_k` (total length - 1 per batch entry) and `total_sequence_length`.
+
+The op becomes edgeattn.Attention with past_key/past_value and present_key/present_value (present =
+Concat(past, new) on the sequence axis) and a lower-right causal mask. That is onnxruntime's definition when
+every batch entry holds all its tokens: seqlens_k[b] + 1 = total_sequence_length = P + S (past length plus
+new length), which is what the model builder feeds for batch 1 and for batches of sequences of equal length,
+at the prompt (P = 0) and at each decode step. Where these lengths are constants the rule checks them; where
+they are inputs, the rewritten graph checks them at run time: zeros added to Q whose shape broadcasts only
+when they hold, so a padded batch or a shared past/present buffer fails with a broadcasting error instead
+of being computed silently wrong.
+
+Refused, with the reason: rotary embedding inside the op, the windowed cache, quantized caches, Q/K
+normalization, attention bias, head sinks, smooth softmax, the QK output, bidirectional GQA, and any
+attribute or input this rule does not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeattn.graphs.rules.base import (AttentionRule, Plan, Refusal, SiteFacts, attention_attributes, float_attribute,
+                                        int_attribute)
+from edgeattn.graphs.rules.fused import MS, _default_scale, _heads, _input
+from edgeattn.graphs.values import dims, rank, same_dim, static_array, static_dim
+
+OUTPUT_NAMES = ("y", "present_key", "present_value")  # the outputs handled
+PATTERN_OUTPUTS = (*OUTPUT_NAMES, "output_qk")
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+# Inputs 0-6 are handled; these, when given, are refused with their name.
+UNSUPPORTED_INPUTS = {7: "cos_cache", 8: "sin_cache", 9: "position_ids", 10: "attention_bias", 11: "head_sink",
+                      12: "k_scale", 13: "v_scale", 14: "q_norm_weight", 15: "k_norm_weight"}
+# Attributes this rule reads; any other attribute is refused unless it has its "off" value here.
+HANDLED_ATTRIBUTES = {"num_heads", "kv_num_heads", "scale", "softcap", "local_window_size", "causal"}
+OFF_ATTRIBUTES: dict[str, Any] = {
+    "do_rotary": 0, "qk_output": 0, "smooth_softmax": 0, "sliding_window_cache": 0,
+    "k_quant_type": "NONE", "v_quant_type": "NONE",
+    "rotary_interleaved": None,  # read only with do_rotary (refused)
+    "qk_norm_epsilon": None,  # read only with q_norm_weight / k_norm_weight (refused)
+}
+FEATURE_NAMES = {"do_rotary": "do_rotary (rotary embedding inside the op)", "qk_output": "qk_output (the QK output)",
+                 "smooth_softmax": "smooth_softmax", "sliding_window_cache": "sliding_window_cache (a windowed cache)",
+                 "k_quant_type": "a quantized key cache", "v_quant_type": "a quantized value cache"}
+
+
+class MsGroupQueryAttention(AttentionRule):
+    """`com.microsoft.GroupQueryAttention` with `outputs` declared outputs (1 to 3; the instance for 4, which
+    also takes malformed longer nodes, refuses the output_qk output)."""
+
+    dialect = "ms-group-query-attention"
+    root = (MS, "GroupQueryAttention")
+
+    def __init__(self, outputs: int = 3) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def may_match(self, node: ir.Node) -> bool:
+        count = len(node.outputs)
+        return (count == self.outputs or (self.outputs == len(PATTERN_OUTPUTS) and count > self.outputs)) and \
+            super().may_match(node)
+
+    def pattern(self, op, query):
+        return op.GroupQueryAttention(query, _domain=MS, _allow_other_inputs=True,
+                                      _outputs=list(PATTERN_OUTPUTS[: self.outputs]))
+
+    def plan(self, **b: Any) -> Plan:
+        node = b["y"].producer()
+        if self.outputs > len(OUTPUT_NAMES):
+            raise Refusal("the output_qk output (qk_output) of GroupQueryAttention is not supported", node)
+        _check_supported(node)
+        query, past_key, past_value = b["query"], _input(node, 3), _input(node, 4)
+        seqlens, total = _input(node, 5), _input(node, 6)
+        _check_operands(node, query, past_key, past_value, seqlens, total, self.outputs)
+        assert seqlens is not None and total is not None and query.dtype is not None  # checked just above
+        dtype = query.dtype
+        q_heads, kv_heads = int_attribute(node, "num_heads", 0), int_attribute(node, "kv_num_heads", 0)
+        packed, sizes = _layout(node, query, q_heads, kv_heads)
+        head_size = sizes[0] // q_heads
+        scale = _default_scale(node, head_size, zero_is_default=True)
+        features = _features(node)
+        _check_lengths(node, query, seqlens, total, past_key)
+        facts = SiteFacts(node, self.dialect, "bs(hd)", q_heads, kv_heads, head_size, "none", 2, scale,
+                          {"packed_qkv": packed, "features": _phrase(past_key is not None, self.outputs, features),
+                           "assumes": "seqlens_k + 1 = total_sequence_length = past + new for every batch entry "
+                                      "(checked at run time)"})
+        attributes = {**attention_attributes(scale, 2, q_heads, kv_heads), **features}
+
+        def build_inputs(op: Any) -> list[ir.Value | None]:
+            if packed:
+                split = op.Constant(value=ir.tensor(np.array(sizes, np.int64)))
+                q, k, v = op.Split(query, split, axis=-1, _outputs=3)
+            else:
+                q, k, v = query, _input(node, 1), _input(node, 2)
+            q = _length_guard(op, q, k, past_key, seqlens, total, dtype)
+            for value, size in ((k, sizes[1]), (v, sizes[2])):
+                if value.shape is None:
+                    value.shape = ir.Shape([*(dims(query) or [None, None])[:2], size])
+            return [q, k, v, None, past_key, past_value]
+
+        return Plan(facts, attributes, build_inputs, 3, dtype, outputs=self.outputs)
+
+
+def gqa_rules() -> tuple[MsGroupQueryAttention, ...]:
+    """One instance per output count, most outputs first."""
+    return tuple(MsGroupQueryAttention(n) for n in range(len(PATTERN_OUTPUTS), 0, -1))
+
+
+def _check_supported(node: ir.Node) -> None:
+    """Refuse the inputs, outputs and attributes that have no edgeattn.Attention counterpart here."""
+    for index, name in UNSUPPORTED_INPUTS.items():
+        if _input(node, index) is not None:
+            raise Refusal(f"the {name} input of GroupQueryAttention is not supported", node)
+    for name, attr in node.attributes.items():
+        if name in HANDLED_ATTRIBUTES:
+            continue
+        if name not in OFF_ATTRIBUTES:
+            raise Refusal(f"the attribute {name} of GroupQueryAttention is not supported", node)
+        off = OFF_ATTRIBUTES[name]
+        if off is not None and (attr.is_ref() or attr.value != off):
+            raise Refusal(f"{FEATURE_NAMES[name]} of GroupQueryAttention is not supported", node)
+    if int_attribute(node, "causal", 1) != 1:
+        raise Refusal("bidirectional GroupQueryAttention (causal = 0) is not supported", node)
+
+
+def _check_operands(node: ir.Node, query: ir.Value, past_key: ir.Value | None, past_value: ir.Value | None,
+                    seqlens: ir.Value | None, total: ir.Value | None, outputs: int) -> None:
+    """The inputs the op needs, with the ranks and types this rule takes."""
+    if seqlens is None or total is None:
+        raise Refusal("GroupQueryAttention needs its seqlens_k and total_sequence_length inputs", node)
+    if (past_key is None) != (past_value is None):
+        raise Refusal("past_key and past_value of GroupQueryAttention must be given together", node)
+    if past_key is not None and outputs < len(OUTPUT_NAMES):
+        raise Refusal("a GroupQueryAttention past without present_key/present_value outputs is not supported "
+                      "(onnxruntime's CPU kernel then ignores the past)", node)
+    for cache in (past_key, past_value):
+        if cache is not None and rank(cache) != 4:
+            raise Refusal(f"the KV cache input '{cache.name}' is not 4-D BNSH [B, Hkv, P, d] (rank {rank(cache)})",
+                          cache)
+    if rank(query) != 3:
+        raise Refusal(f"the query of GroupQueryAttention is not 3-D [B, S, hidden] (rank {rank(query)})", query)
+    if query.dtype not in FLOAT_TYPES:
+        name = query.dtype.name if query.dtype is not None else "unknown"
+        raise Refusal(f"the element type of the query is {name}, not float, float16 or bfloat16", query)
+
+
+def _layout(node: ir.Node, query: ir.Value, q_heads: int, kv_heads: int) -> tuple[bool, tuple[int, int, int]]:
+    """(packed, [Q, K, V hidden sizes]): separate 3-D Q, K, V, or Q, K and V packed in the query."""
+    key, value = _input(node, 1), _input(node, 2)
+    hidden = static_dim(query, 2)
+    if key is None and value is None:
+        if q_heads <= 0 or kv_heads <= 0 or q_heads % kv_heads:
+            raise Refusal(f"num_heads {q_heads} / kv_num_heads {kv_heads} of GroupQueryAttention are not positive "
+                          "head counts, the first a multiple of the second", node)
+        width = q_heads + 2 * kv_heads
+        if hidden is None or hidden % width:
+            raise Refusal(f"the packed QKV width {hidden} is unknown or not a multiple of num_heads + "
+                          f"2·kv_num_heads = {width}", query)
+        head_size = hidden // width
+        return True, (q_heads * head_size, kv_heads * head_size, kv_heads * head_size)
+    if key is None or value is None:
+        raise Refusal("GroupQueryAttention with a key but no value (or a value but no key) is not supported", node)
+    if rank(key) != 3 or rank(value) != 3:
+        raise Refusal("the key and value of GroupQueryAttention are not 3-D [B, S, kv_hidden]", node)
+    if not same_dim((dims(query) or [None] * 2)[1], (dims(key) or [None] * 2)[1]):
+        raise Refusal("the key's sequence length is not provably the query's (GroupQueryAttention positions the "
+                      "queries from seqlens_k)", key)
+    kv_hidden, v_hidden = static_dim(key, 2), static_dim(value, 2)
+    if hidden is None or kv_hidden is None or v_hidden is None:
+        raise Refusal("the hidden sizes of the query, key or value of GroupQueryAttention are unknown", node)
+    q_heads = _heads(node, "num_heads", hidden)
+    kv_heads = _heads(node, "kv_num_heads", kv_hidden)
+    if q_heads % kv_heads or hidden // q_heads != kv_hidden // kv_heads or v_hidden != kv_hidden:
+        raise Refusal(f"the head sizes of GroupQueryAttention's query ({hidden}/{q_heads}), key ({kv_hidden}/"
+                      f"{kv_heads}) and value ({v_hidden}) do not agree", node)
+    return False, (hidden, kv_hidden, v_hidden)
+
+
+def _features(node: ir.Node) -> dict[str, Any]:
+    """softcap and local_window_size as edgeattn.Attention attributes (only those in use). onnxruntime's
+    local_window_size W lets query position p see W keys, p - W + 1 .. p (measured with its CPU kernel, as
+    Hugging Face's sliding_window): ONNX's left_window_size W - 1."""
+    out: dict[str, Any] = {}
+    softcap = float_attribute(node, "softcap", 0.0)
+    if not np.isfinite(softcap) or softcap < 0:
+        raise Refusal(f"softcap {softcap:g} of GroupQueryAttention is not a finite number >= 0", node)
+    if softcap > 0:
+        out["softcap"] = float(softcap)
+    window = int_attribute(node, "local_window_size", -1)
+    if window == 0 or window < -1:
+        raise Refusal(f"local_window_size {window} is neither -1 (unbounded) nor a window size >= 1", node)
+    if window > 0:
+        out["left_window_size"] = int(window) - 1
+    return out
+
+
+def _check_lengths(node: ir.Node, query: ir.Value, seqlens: ir.Value, total: ir.Value,
+                   past_key: ir.Value | None) -> None:
+    """The length inputs' types, and their values where they are constants: every batch entry holds past +
+    new tokens (no padding, no shared buffer)."""
+    if seqlens.dtype not in (None, ir.DataType.INT32) or total.dtype not in (None, ir.DataType.INT32):
+        raise Refusal("seqlens_k and total_sequence_length of GroupQueryAttention must be int32", node)
+    new = static_dim(query, 1)
+    past = 0 if past_key is None else static_dim(past_key, 2)
+    expected = new + past if new is not None and past is not None else None
+    lengths = static_array(seqlens)
+    if lengths is not None and lengths.size and (lengths != lengths.flat[0]).any():
+        raise Refusal(f"seqlens_k {lengths.tolist()} varies across the batch (padding) in GroupQueryAttention; "
+                      "only sequences of equal length are supported", seqlens)
+    if lengths is not None and lengths.size and expected is not None and int(lengths.flat[0]) + 1 != expected:
+        raise Refusal(f"seqlens_k + 1 = {int(lengths.flat[0]) + 1} is not past + new = {expected} (a shared "
+                      "past/present buffer or padding) in GroupQueryAttention", seqlens)
+    stated = static_array(total)
+    if stated is not None and stated.size == 1 and expected is not None and int(stated.reshape(())) != expected:
+        raise Refusal(f"total_sequence_length {int(stated.reshape(()))} is not past + new = {expected} (a shared "
+                      "past/present buffer) in GroupQueryAttention", total)
+
+
+def _length_guard(op: Any, q: ir.Value, k: ir.Value, past_key: ir.Value | None, seqlens: ir.Value,
+                  total: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """Q plus zeros of shape [1, 1, 1 + mismatch · (hidden + 1)]: Q itself when seqlens_k + 1 =
+    total_sequence_length = past + new for every batch entry (mismatch 0), a broadcasting error at run time
+    otherwise. (A Reshape would not do: onnxruntime merges it with the next one and the check disappears.)"""
+    def int64(*values: int) -> ir.Value:
+        return op.Constant(value=ir.tensor(np.array(values, np.int64)))
+
+    length = op.Shape(k, start=1, end=2)
+    if past_key is not None:
+        length = op.Add(length, op.Shape(past_key, start=2, end=3))
+    lengths = op.Add(op.Cast(seqlens, to=ir.DataType.INT64), int64(1))
+    longest = op.ReduceMax(lengths, keepdims=1)
+    spread = op.Sub(longest, op.ReduceMin(lengths, keepdims=1))
+    off_total = op.Abs(op.Sub(op.Reshape(op.Cast(total, to=ir.DataType.INT64), int64(1)), length))
+    mismatch = op.Add(op.Add(spread, off_total), op.Abs(op.Sub(longest, length)))
+    width = op.Add(op.Mul(mismatch, op.Add(op.Shape(q, start=2, end=3), int64(1))), int64(1))
+    zero = ir.tensor(np.zeros(1, dtype.numpy()))
+    guarded = op.Add(q, op.ConstantOfShape(op.Concat(int64(1, 1), width, axis=0), value=zero))
+    guarded.dtype = dtype
+    return guarded
+
+
+def _phrase(cached: bool, outputs: int, features: dict[str, Any]) -> str | None:
+    """What the site uses beyond the basic form, as `inspect` shows it."""
+    used = (["past_key", "past_value"] if cached else []) + list(OUTPUT_NAMES[1:outputs])
+    used += [f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
+             for name, value in features.items()]
+    return ", ".join(used) or None

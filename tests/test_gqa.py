@@ -1,0 +1,224 @@
+"""onnxruntime's com.microsoft.GroupQueryAttention -> edgeattn.Attention (edgeattn/graphs/rules/gqa.py).
+
+The graphs are built as onnxruntime's model builder writes them: seqlens_k = ReduceSum(attention_mask) - 1
+and total_sequence_length = the mask's length, both int32; a BNSH past (empty at the prompt) and presents.
+Parity: the rewritten graph and the original, both run by onnxruntime's CPU kernels, agree within float32
+RTOL_FLOAT32 (relative error 1e-5: the same float32 operations in another order) on every output (float16:
+RTOL_FLOAT16).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from edgeattn.graphs import find_sites, rewrite
+from graphs_golden import RTOL_FLOAT32, relative_error, session
+
+F32, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+MS = "com.microsoft"
+
+
+def gqa_model(heads: int = 8, kv_heads: int = 2, head_size: int = 16, packed: bool = False, past: bool = True,
+              extra_inputs: dict[int, onnx.ValueInfoProto] | None = None, outputs: int = 3,
+              lengths: tuple[str, str] | None = None, past_len: Any = "past_sequence_length",
+              dtype: int = F32, **attrs: Any) -> onnx.ModelProto:
+    """One GroupQueryAttention node fed as the model builder feeds it. `lengths` replaces the computed
+    seqlens_k / total_sequence_length by the named initializers (added by the caller)."""
+    hidden, kv_hidden = heads * head_size, kv_heads * head_size
+    seq, batch = "sequence_length", "batch_size"
+    if packed:
+        inputs = [helper.make_tensor_value_info("qkv", dtype, [batch, seq, hidden + 2 * kv_hidden])]
+        names = ["qkv", "", ""]
+    else:
+        inputs = [helper.make_tensor_value_info("q", dtype, [batch, seq, hidden]),
+                  helper.make_tensor_value_info("k", dtype, [batch, seq, kv_hidden]),
+                  helper.make_tensor_value_info("v", dtype, [batch, seq, kv_hidden])]
+        names = ["q", "k", "v"]
+    if past:
+        inputs += [helper.make_tensor_value_info(name, dtype, [batch, kv_heads, past_len, head_size])
+                   for name in ("past_key", "past_value")]
+    names += ["past_key", "past_value"] if past else ["", ""]
+    inputs.append(helper.make_tensor_value_info("attention_mask", I64, [batch, "total_sequence_length"]))
+    nodes = [helper.make_node("ReduceSum", ["attention_mask", "axis1"], ["mask_sum"], keepdims=0),
+             helper.make_node("Sub", ["mask_sum", "one"], ["last"]),
+             helper.make_node("Cast", ["last"], ["seqlens_k"], to=I32),
+             helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+             helper.make_node("Gather", ["mask_shape", "one"], ["total64"], axis=0),
+             helper.make_node("Cast", ["total64"], ["total_sequence_length"], to=I32)]
+    names += list(lengths or ("seqlens_k", "total_sequence_length"))
+    for index, info in sorted((extra_inputs or {}).items()):
+        names += [""] * (index - len(names)) + [info.name]
+        inputs.append(info)
+    present = [batch, kv_heads, "total_sequence_length", head_size]
+    out_infos = [helper.make_tensor_value_info("y", dtype, [batch, seq, hidden]),
+                 helper.make_tensor_value_info("present_key", dtype, present),
+                 helper.make_tensor_value_info("present_value", dtype, present),
+                 helper.make_tensor_value_info("qk", dtype, None)][:outputs]
+    nodes.append(helper.make_node("GroupQueryAttention", names, [o.name for o in out_infos], domain=MS, name="gqa",
+                                  num_heads=heads, kv_num_heads=kv_heads, **attrs))
+    inits = [onnx.numpy_helper.from_array(np.array(1, np.int64), "one"),
+             onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    graph = helper.make_graph(nodes, "gqa", inputs, out_infos, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
+                             ir_version=10)
+
+
+def feeds(model: onnx.ModelProto, batch: int, new: int, past: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = {"batch_size": batch, "sequence_length": new, "past_sequence_length": past}
+    out = {}
+    for info in model.graph.input:
+        if info.name == "attention_mask":
+            out[info.name] = np.ones((batch, past + new), np.int64)
+            continue
+        shape = [sizes.get(d.dim_param, d.dim_value) for d in info.type.tensor_type.shape.dim]
+        kind = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        out[info.name] = rng.standard_normal(shape).astype(kind)
+    return out
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "gqa-8-2": {},
+    "mqa-4-1": {"heads": 4, "kv_heads": 1},
+    "mha-4-4": {"heads": 4, "kv_heads": 4, "head_size": 8},
+    "packed-qkv": {"packed": True},
+    "scale": {"scale": 0.3},
+    "softcap": {"softcap": 2.0},
+    "local-window": {"local_window_size": 3},
+    "window-softcap-packed": {"packed": True, "local_window_size": 4, "softcap": 5.0},
+    "no-past-inputs": {"past": False},
+    "prompt-output-only": {"past": False, "outputs": 1},
+}
+# (batch, new tokens, past tokens): the prompt (empty past), a one-token decode, a chunk after a past
+STEPS = [(1, 7, 0), (1, 1, 9), (2, 5, 0), (2, 1, 6), (1, 4, 5)]
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_group_query_attention_is_rewritten_with_parity(name: str) -> None:
+    config = VARIANTS[name]
+    model = gqa_model(**config)
+    rewritten, report = rewrite(model)
+    assert report.refused == () and [r.op for r in report.rewritten] == ["Attention"]
+    assert not any(n.op_type == "GroupQueryAttention" for n in rewritten.graph)
+    original, ours = session(model), session(ir.serde.serialize_model(rewritten))
+    for batch, new, past in STEPS:
+        if not config.get("past", True) and past:
+            continue
+        inputs = feeds(model, batch, new, past)
+        expected, got = original.run(None, inputs), ours.run(None, inputs)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        assert relative_error(expected, got) < RTOL_FLOAT32, (batch, new, past)
+
+
+# float16: both graphs round Q, K, V and Y to float16 but may round intermediates differently; two float16
+# ulps (2 · 2^-10) relative to the largest output is that difference, not a wrong mask or scale.
+RTOL_FLOAT16 = 2 * 2.0 ** -10
+
+
+@pytest.mark.parametrize("config", [{}, {"packed": True, "softcap": 3.0, "local_window_size": 3}],
+                         ids=["gqa-8-2", "packed-softcap-window"])
+def test_float16_group_query_attention_is_rewritten_with_parity(config: dict[str, Any]) -> None:
+    model = gqa_model(dtype=TensorProto.FLOAT16, **config)
+    rewritten, report = rewrite(model)
+    assert report.refused == () and [r.op for r in report.rewritten] == ["Attention"]
+    original, ours = session(model), session(ir.serde.serialize_model(rewritten))
+    for batch, new, past in STEPS:
+        inputs = feeds(model, batch, new, past)
+        assert relative_error(original.run(None, inputs), ours.run(None, inputs)) < RTOL_FLOAT16, (batch, new, past)
+
+
+def test_inspect_reports_the_site_and_its_features() -> None:
+    model = gqa_model(packed=True, softcap=2.0, local_window_size=3)
+    (site,) = find_sites(ir.serde.deserialize_model(model)).sites
+    assert (site.dialect, site.num_heads, site.kv_num_heads, site.head_size, site.causal) == (
+        "ms-group-query-attention", 8, 2, 16, 2)
+    assert site.details["packed_qkv"] is True
+    # onnxruntime's window of W keys (the query's own included) is ONNX's left_window_size W - 1
+    assert site.details["features"] == "past_key, past_value, present_key, present_value, softcap = 2, " \
+                                       "left_window_size = 2"
+
+
+def test_unequal_lengths_fail_at_run_time_instead_of_computing_wrongly() -> None:
+    model = gqa_model()
+    rewritten, _ = rewrite(model)
+    ours = session(ir.serde.serialize_model(rewritten))
+    padded = feeds(model, 2, 1, 6)
+    padded["attention_mask"][1, :2] = 0  # the second sequence is 2 tokens shorter
+    session(model).run(None, padded)  # onnxruntime's kernel takes it (with its own padding semantics)
+    with pytest.raises(Exception, match="broadcast"):
+        ours.run(None, padded)
+    longer = feeds(model, 1, 1, 6)
+    longer["attention_mask"] = np.ones((1, 10), np.int64)  # total_sequence_length is not past + new
+    with pytest.raises(Exception, match="broadcast"):
+        ours.run(None, longer)
+
+
+def _info(name: str, shape: list | None, dtype: int = F32) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _with_lengths(seqlens: list[int], total: int, **kwargs: Any) -> onnx.ModelProto:
+    model = gqa_model(lengths=("seqlens_const", "total_const"), **kwargs)
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(seqlens, np.int32), "seqlens_const"),
+                                    onnx.numpy_helper.from_array(np.array(total, np.int32), "total_const")])
+    return model
+
+
+def _shapes(model: onnx.ModelProto, **fixed: int) -> onnx.ModelProto:
+    for info in model.graph.input:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param in fixed:
+                dim.dim_value = fixed[dim.dim_param]
+    return model
+
+
+def _packed_width(width: int) -> onnx.ModelProto:
+    model = gqa_model(packed=True)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = width
+    return model
+
+
+REFUSALS: dict[str, tuple[Any, str]] = {
+    "rotary": (lambda: gqa_model(do_rotary=1, extra_inputs={7: _info("cos", [32, 8]), 8: _info("sin", [32, 8])}),
+               "the cos_cache input of GroupQueryAttention is not supported"),
+    "rotary-attribute": (lambda: gqa_model(do_rotary=1), "do_rotary (rotary embedding inside the op)"),
+    "past-without-presents": (lambda: gqa_model(outputs=1), "past without present_key/present_value outputs"),
+    "smooth-softmax": (lambda: gqa_model(smooth_softmax=1), "smooth_softmax of GroupQueryAttention is not supported"),
+    "qk-output": (lambda: gqa_model(qk_output=1, outputs=4), "the output_qk output (qk_output)"),
+    "attention-bias": (lambda: gqa_model(extra_inputs={10: _info("bias", [1, 8, "sequence_length", "total"])}),
+                       "the attention_bias input of GroupQueryAttention is not supported"),
+    "head-sink": (lambda: gqa_model(extra_inputs={11: _info("sink", [8])}), "the head_sink input"),
+    "windowed-cache": (lambda: gqa_model(sliding_window_cache=1, local_window_size=4), "sliding_window_cache"),
+    "quantized-cache": (lambda: gqa_model(k_quant_type="PER_TENSOR"), "a quantized key cache"),
+    "unknown-attribute": (lambda: gqa_model(mystery=1), "the attribute mystery of GroupQueryAttention"),
+    "bidirectional": (lambda: gqa_model(causal=0), "bidirectional GroupQueryAttention (causal = 0)"),
+    "window-zero": (lambda: gqa_model(local_window_size=0), "local_window_size 0 is neither"),
+    "padded-seqlens": (lambda: _with_lengths([4, 6], 7, past=False),
+                       "seqlens_k [4, 6] varies across the batch (padding)"),
+    "shared-buffer": (lambda: _shapes(_with_lengths([9], 10, past_len=16), sequence_length=1),
+                      "seqlens_k + 1 = 10 is not past + new = 17 (a shared past/present buffer or padding)"),
+    "total-not-past-plus-new": (lambda: _shapes(_with_lengths([6], 10, past_len=6), sequence_length=1),
+                                "total_sequence_length 10 is not past + new = 7"),
+    "packed-width": (lambda: _packed_width(150), "the packed QKV width 150 is unknown or not a multiple of"),
+    "integer-query": (lambda: gqa_model(dtype=TensorProto.INT32), "the element type of the query is INT32"),
+    "heads-not-grouped": (lambda: gqa_model(heads=6, kv_heads=4, head_size=8), "do not agree"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSALS))
+def test_each_refusal_names_the_feature(name: str) -> None:
+    build, reason = REFUSALS[name]
+    model = build()
+    report = find_sites(ir.serde.deserialize_model(model))
+    assert report.sites == ()
+    reasons = [r for item in report.unmatched for r in item.reasons]
+    assert any(reason in r for r in reasons), reasons
+    rewritten, result = rewrite(model)
+    assert result.rewritten == () and len(result.refused) == 1
+    assert any(n.op_type == "GroupQueryAttention" for n in rewritten.graph)
