@@ -121,9 +121,9 @@ def prune_variant(dense: Variant, folder: Path, step: Step) -> Variant:
 
 
 def _tokenizer(variant: Variant) -> Any:
-    from transformers import AutoTokenizer
+    from edgeattn.runtime.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(variant.folder / str(variant.manifest.tokenizer), local_files_only=True)
+    return load_tokenizer(variant.folder, variant.manifest)
 
 
 def time_variants(variants: list[Variant], text_ids: list[int], pixels: np.ndarray | None, max_new_tokens: int,

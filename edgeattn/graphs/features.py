@@ -43,20 +43,21 @@ class Usage:
     outputs: tuple[str, ...]
 
     def phrases(self) -> list[str]:
-        shown = [f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
-                 for name, value in self.attributes.items()]
-        return shown + list(self.inputs) + list(self.outputs)
+        return [_phrase(name, value) for name, value in self.attributes.items()] + list(self.inputs) + list(self.outputs)
 
     def missing_in(self, spec: OpSpec) -> list[str]:
         """What of this usage `spec` does not declare, as phrases."""
         declared = {a.name for a in spec.attributes}
-        missing = [f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
-                   for name, value in self.attributes.items() if name not in declared]
+        missing = [_phrase(name, value) for name, value in self.attributes.items() if name not in declared]
         names_in = [io.name for io in spec.inputs]
         missing += [name for name in self.inputs if name not in names_in]
         names_out = [io.name for io in spec.outputs]
         missing += [name for name in self.outputs if name not in names_out]
         return missing
+
+
+def _phrase(name: str, value: Any) -> str:
+    return f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
 
 
 def is_read(value: ir.Value | None) -> bool:

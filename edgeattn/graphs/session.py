@@ -9,8 +9,11 @@ from typing import Any
 from edgeattn.errors import GraphError, RuntimeUnavailableError
 
 
-def session_from_onnx(path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on ``path``. CPU by default; ``threads`` caps intra-op threads."""
+def session_from_onnx(path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                      profile_prefix: str | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on ``path``. CPU by default; ``threads`` caps intra-op threads;
+    with ``profile_prefix`` onnxruntime's profiler writes its events to ``<prefix>_<date>.json`` (the
+    session's ``end_profiling`` returns the name)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -22,6 +25,9 @@ def session_from_onnx(path: str | Path, providers: list[str] | None = None, thre
         threads = int(text)
     if threads:
         opts.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     available = ort.get_available_providers()
     wanted = providers or ["CPUExecutionProvider"]
     missing = [p for p in wanted if p not in available]

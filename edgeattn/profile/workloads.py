@@ -51,29 +51,11 @@ class Config:
 
 
 def open_session(path: Path, settings: Settings, profile_prefix: str | None = None) -> Any:
-    """An onnxruntime session on `path`; with `profile_prefix`, onnxruntime's profiler writes its events
-    to ``<prefix>_<date>.json`` (the session's `end_profiling` returns the name)."""
+    """An onnxruntime session on `path`, profiled (see `session_from_onnx`) with `profile_prefix`."""
     from edgeattn.graphs.session import session_from_onnx
 
-    if profile_prefix is None:
-        return session_from_onnx(path, providers=[settings.provider], threads=settings.threads)
-    import onnxruntime as ort
-
-    from edgeattn.graphs.io import load
-    from edgeattn.graphs.session import one_line
-
-    load(path)  # the same checks as every session: readable, external data inside the model's folder
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if settings.threads:
-        options.intra_op_num_threads = settings.threads
-    options.enable_profiling = True
-    options.profile_file_prefix = profile_prefix
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=[settings.provider])
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... types
-        raise ProfileError(f"onnxruntime cannot load {path} for profiling ({type(err).__name__}: "
-                           f"{one_line(err)})") from None
+    return session_from_onnx(path, providers=[settings.provider], threads=settings.threads,
+                             profile_prefix=profile_prefix)
 
 
 class TimedSession:
