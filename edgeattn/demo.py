@@ -62,13 +62,14 @@ def run_demo(model: str, out: str | Path, prompt: str, max_new_tokens: int,
     (for a VLM) draw the kept tokens on the image. Returns the report the CLI prints."""
     from edgeattn.runtime.images import load_image, pixel_values
 
+    given = load_image(image) if image is not None else None  # a bad image is refused before the export
     base = Path(out) / model.replace(":", "_")
     variants = [export_once(model, base / "dense", step)]
     dense = variants[0].manifest
     if dense.family == "vlm" and dense.vision is not None:
         variants.append(prune_variant(variants[0], base / "pruned", step))
-    if image is not None:
-        rgb, source = load_image(image), image
+    if given is not None:
+        rgb, source = given, str(image)
     else:
         rgb, source = photograph()
         if rgb is None:

@@ -33,3 +33,11 @@ def test_demo_prunes_the_exported_folder_and_reuses_the_export(tmp_path, capsys)
     table = [line for line in stdout.splitlines() if str(tmp_path) not in line]  # paths are as long as they are
     assert all(len(line) <= 80 for line in table), stdout
     assert "pruned fastervlm:7" in stdout and "FLOP-ideal" in stdout
+
+
+def test_demo_refuses_a_bad_image_before_exporting(tmp_path, capsys):
+    out = tmp_path / "demo-out"
+    code, _, err = invoke(["demo", "--model", "demo:tiny-llava", "--out", str(out), "--image",
+                           str(tmp_path / "missing.png")], capsys)
+    assert code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
