@@ -99,21 +99,30 @@ def main() -> int:
     def randn(*shape: int) -> Any:
         return torch.randn(*shape, device="cuda", generator=gen, dtype=torch.float16)
 
-    for heads, kv_heads, length, head in ((32, 8, 1024, 64), (32, 8, 4096, 128), (16, 16, 8192, 64)):
-        q, k, v = randn(1, heads, length, head), randn(1, kv_heads, length, head), randn(1, kv_heads, length, head)
+    # (batch, heads, kv heads, length, head size, padded keys of the last batch entry): a padded batch runs with
+    # the decoder's key mask, [B, 1, 1, T] additive, which the kernels add to the scores
+    for batch, heads, kv_heads, length, head, padded in ((1, 32, 8, 1024, 64, 0), (1, 32, 8, 4096, 128, 0),
+                                                         (1, 16, 16, 8192, 64, 0), (2, 32, 8, 2048, 64, 300)):
+        q, k, v = (randn(batch, h, length, head) for h in (heads, kv_heads, kv_heads))
         expanded = [x.repeat_interleave(heads // kv_heads, 1) for x in (k, v)]
-        sdpa = _timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, *expanded, is_causal=True))
+        mask = torch.zeros(batch, 1, 1, length, device="cuda", dtype=torch.float16)
+        mask[-1, ..., :padded] = float("-inf")  # left padding
+        causal = torch.ones(length, length, device="cuda", dtype=torch.bool).tril()
+        sdpa_mask = causal & (mask == 0)
+        sdpa = _timed(lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, *expanded, attn_mask=sdpa_mask if padded else None, is_causal=not padded))
         for op, attrs in (("Attention", {"causal": 2}), ("SkipSoftmaxAttention", {"causal": 2, "scale_factor": 10.0}),
                           ("BlockSparseAttention", {"causal": 2, "layout": "select", "keep": 0.25, "block_size": 64})):
             out = torch.full_like(q, float("nan"))
-            row: dict[str, Any] = {"op": op, "shape": [1, heads, kv_heads, length, head], "attrs": attrs}
+            row: dict[str, Any] = {"op": op, "shape": [batch, heads, kv_heads, length, head], "attrs": attrs,
+                                   "padded_keys": padded}
             try:
-                tensors = [q, k, v, torch.zeros(1, 1, 1, 1, device="cuda", dtype=torch.float16)] if op == "Attention" \
-                    else [q, k, v]
+                tensors = [q, k, v, mask] if padded else [q, k, v]
                 run = _case(op, attrs, tensors, [out], arch)
                 run()
                 torch.cuda.synchronize()
-                ref = get_op(op).reference(q.double(), k.double(), v.double(), **attrs)
+                ref = get_op(op).reference(q.double(), k.double(), v.double(), mask.double() if padded else None,
+                                           **attrs)
                 ref = ref[0] if isinstance(ref, tuple) else ref
                 row["max_abs_error"] = float((out.double() - ref).abs().max())
                 row["ok"] = bool(torch.allclose(out.double(), ref, atol=2e-3, rtol=2e-3))

@@ -240,7 +240,8 @@ def _empty(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, Path]:
-    """demo:tiny-llama exported with --rewrite --target trt, and demo:tiny-llava with --prune --target trt."""
+    """demo:tiny-llama exported with --rewrite --target trt (float32, and fp16), and demo:tiny-llava with --prune
+    --target trt."""
     _skip_without_trt()
     from edgeattn.exporter.api import ExportOptions, export_model
 
@@ -249,7 +250,8 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     export_model("demo:tiny-llava", root / "llava", ExportOptions(validate=False, prune="fastervlm:16", target="trt",
                                                                   dtype="fp16"))
     export_model("demo:tiny-vit", root / "vit", ExportOptions(validate=False, dtype="fp16"))
-    return {"llama": root / "llama", "llava": root / "llava", "vit": root / "vit"}
+    export_model("demo:tiny-llama", root / "llama16", ExportOptions(validate=False, dtype="fp16"))
+    return {"llama": root / "llama", "llava": root / "llava", "vit": root / "vit", "llama16": root / "llama16"}
 
 
 def _compile(args: list[str]) -> Any:
@@ -277,7 +279,8 @@ def test_a_rewritten_decoder_folder_compiles(exports: dict[str, Path], tmp_path:
     nodes = decoder["edgeattn_nodes"]
     assert len(nodes) == 2 and {(n["op"], n["op_type"], n["as"]) for n in nodes} == {
         ("Attention", "EdgeAttention", "inlined body")}
-    # float32, and the decoder's padding mask: neither has a kernel yet, and compile.json says so
+    # float32 has no kernel (the causal part of the decoder's mask is the `causal` attribute now, the rest a key
+    # mask the kernels take: see the fp16 decoders below), and compile.json says so
     assert all(n["reason"].startswith("fp32") for n in nodes)
     assert all(n["layer_types"].get("MATRIX_MULTIPLY", 0) >= 2 and n["layer_types"].get("SOFTMAX") == 1 for n in nodes)
     layers = decoder["layers"]
@@ -351,19 +354,50 @@ def test_fp16_vision_attention_compiles_to_plugin_layers(exports: dict[str, Path
     assert timing["used"] is False and "no-op" in timing["why"] and not (tmp_path / "t.cache").exists()
 
 
-def test_a_block_sparse_decoder_compiles(exports: dict[str, Path], tmp_path: Path) -> None:
-    sparse = tmp_path / "sparse_decoder.onnx"
-    result = CliRunner().invoke(cli, ["rewrite", str(exports["llava"] / "decoder.onnx"), str(sparse),
-                                      "--sparse", "block:keep=0.5,block=16", "--target", "trt"])
+# (--sparse flag or None for the dense rewrite, op, kernel family/variant start)
+DECODER_CASES = [
+    (None, "Attention", "skip_softmax/prefill_d16_fp16_causal_dense"),
+    ("block:keep=0.5,block=16", "BlockSparseAttention", "block_sparse/select_topk"),
+    ("blasst:scale_factor=10", "SkipSoftmaxAttention", "skip_softmax/prefill_d16_fp16_causal_sf10"),
+]
+
+
+@pytest.mark.parametrize("case", DECODER_CASES, ids=["dense", "block", "blasst"])
+def test_fp16_decoders_compile_their_attention_to_plugin_layers(case: tuple, exports: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """A decoder's mask (causal and padding) is taken apart by the rewrite for TensorRT: causal = 2 and a key
+    mask [B, 1, 1, T], which the kernels add to the scores; every attention site becomes a plugin layer. The
+    same file without plugins inlines the function bodies."""
+    flag, op, kernel = case
+    rewritten = tmp_path / "decoder_trt.onnx"
+    args = ["rewrite", str(exports["llama16"] / "decoder.onnx"), str(rewritten), "--target", "trt"]
+    result = CliRunner().invoke(cli, args + (["--sparse", flag] if flag else []))
     assert result.exit_code == 0, result.output
+    model = ir.load(rewritten)
+    sites = [n for n in model.graph if n.domain == "edgeattn"]
+    assert len(sites) == 2 and all(n.attributes["causal"].value == 2 for n in sites)
+    assert all(n.inputs[3].shape is not None and list(n.inputs[3].shape)[1:3] == [1, 1] for n in sites)
+    shapes = ["--shapes", "batch=1/2/2,sequence=1/32/64,total_sequence=1/32/64,past_sequence=0/16/64"]
     out = tmp_path / "engines"
-    result = _compile([str(sparse), "--out", str(out), "--arch", ARCH,
-                       "--shapes", "batch=1/1/1,sequence=1/32/64,total_sequence=1/32/64,past_sequence=0/16/64"])
+    result = _compile([str(rewritten), "--out", str(out), "--arch", ARCH, *shapes])
     assert result.exit_code == 0, result.output
-    engine = _engines(out)["engines"]["sparse_decoder"]
-    assert {(n["op_type"], n["as"]) for n in engine["edgeattn_nodes"]} == {
-        ("EdgeBlockSparseAttention", "inlined body")}
-    assert engine["profiles"][0]["inputs_embeds"]["max"][:2] == [1, 64]
+    engine = _engines(out)["engines"]["decoder_trt"]
+    nodes = engine["edgeattn_nodes"]
+    assert {(n["op"], n["as"]) for n in nodes} == {(op, "plugin")}, [n.get("reason") for n in nodes]
+    assert all(n["kernel"].startswith(kernel) and n["kernel"].endswith("_kbias") for n in nodes)
+    assert engine["layer_types"]["PLUGIN_V3"] == 2 and engine["profiles"][0]["inputs_embeds"]["max"][:2] == [2, 64]
+    for node in nodes:  # the fields TensorRT handed each plugin are the node's attributes
+        site = next(n for n in sites if n.name == node["node"])
+        assert node["fields"]["causal"] == 2
+        for name, attr in site.attributes.items():
+            if name in node["fields"] and isinstance(attr.value, (int, float, str)):
+                assert node["fields"][name] == pytest.approx(attr.value), name
+    bodies = tmp_path / "bodies"
+    result = _compile([str(rewritten), "--out", str(bodies), "--arch", ARCH, "--no-plugins", *shapes])
+    assert result.exit_code == 0, result.output
+    engine = _engines(bodies)["engines"]["decoder_trt"]
+    assert {(n["op"], n["as"]) for n in engine["edgeattn_nodes"]} == {(op, "inlined body")}
+    assert not any(t.startswith("PLUGIN") for t in engine["layer_types"])
 
 
 # -- one line, exit 1 ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Float32 scores are checked at 1e-5 relative (fp32 accumulation of a few dozen te
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -280,3 +281,84 @@ def test_the_block_sparse_plugin_launch_equals_the_reference(layout: str) -> Non
     ref = get_op("BlockSparseAttention").reference(q.double(), k.double(), v.double(), **attrs)
     ref = ref[0] if isinstance(ref, tuple) else ref
     torch.testing.assert_close(out.double(), ref.double(), atol=2e-3, rtol=2e-3)
+
+
+# -- the key mask: what a decoder's mask is once its causal part is the `causal` attribute --------------------
+
+
+def _padding_bias(batch: int, kv_len: int, hidden: dict[int, slice]) -> torch.Tensor:
+    """An additive key mask [batch, 1, 1, kv_len] in fp16: -inf on the `hidden` keys of each batch entry."""
+    bias = torch.zeros(batch, 1, 1, kv_len, dtype=torch.float16)
+    for entry, keys in hidden.items():
+        bias[entry, ..., keys] = -math.inf
+    return bias
+
+
+def _with_mask(op: str, attrs: dict[str, Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(q)
+    variant = run_plugin(op, attrs, [q, k, v, mask], [out])
+    assert variant.endswith("kbias"), variant  # the build adds the mask; it is not dropped
+    return out
+
+
+# (op, attributes): left padding in a batch of two, the second entry padded after a shared prefix
+KEY_MASK_CASES = [
+    ("Attention", {"causal": 2}),
+    ("Attention", {"causal": 0}),
+    ("SkipSoftmaxAttention", {"scale_factor": 3.0, "causal": 2, "block_m": 16, "block_n": 16}),
+    ("BlockSparseAttention", {"layout": "select", "block_size": 16, "keep": 0.5, "causal": 2}),
+    ("BlockSparseAttention", {"layout": "select", "block_size": 16, "keep": 0.5, "causal": 2, "rectify": 1}),
+    ("BlockSparseAttention", {"layout": "window", "block_size": 16, "causal": 2, "window": 24, "sinks": 4}),
+]
+
+
+@pytest.mark.parametrize("case", KEY_MASK_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(KEY_MASK_CASES)])
+def test_the_attention_plugins_apply_a_key_mask_as_the_reference(case: tuple) -> None:
+    op, attrs = case
+    q, k, v = _rand(2, 4, 40, 16, seed=21), _rand(2, 2, 72, 16, seed=22), _rand(2, 2, 72, 16, seed=23)
+    if attrs.get("causal") == 0:
+        k, v = k[:, :, :40].contiguous(), v[:, :, :40].contiguous()  # the plugin reads contiguous tensors
+    kv_len = k.shape[2]
+    mask = _padding_bias(2, kv_len, {0: slice(0, 7), 1: slice(kv_len - 50, kv_len - 45)})
+    out = _with_mask(op, attrs, q, k, v, mask)
+    ref = get_op(op).reference(q.double(), k.double(), v.double(), mask.double(), **attrs)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    torch.testing.assert_close(out.double(), ref.double(), atol=2e-3, rtol=2e-3)
+    unmasked = get_op(op).reference(q.double(), k.double(), v.double(), **attrs)
+    unmasked = unmasked[0] if isinstance(unmasked, tuple) else unmasked
+    assert (out.double() - unmasked.double()).abs().max() > 0.05  # the mask changed the result: it was applied
+
+
+def test_one_mask_row_is_shared_by_the_batch() -> None:
+    """A mask [1, 1, 1, Lkv] broadcasts over the batch (batch stride 0)."""
+    q, k, v = _rand(2, 4, 32, 16, seed=24), _rand(2, 2, 32, 16, seed=25), _rand(2, 2, 32, 16, seed=26)
+    mask = _padding_bias(1, 32, {0: slice(3, 9)})
+    out = _with_mask("Attention", {"causal": 2}, q, k, v, mask)
+    ref = get_op("Attention").reference(q.double(), k.double(), v.double(), mask.double(), causal=2)
+    torch.testing.assert_close(out.double(), ref, atol=2e-3, rtol=2e-3)
+
+
+def test_masks_the_kernels_cannot_apply_keep_their_bodies() -> None:
+    h16 = tp.InputView("fp16", (1, 2, 8, 16))
+    cases = [(tp.InputView("fp16", (1, 1, 8, 8)), "varies per query row"),  # a full [Sq, Skv] mask
+             (tp.InputView("fp16", (1, 2, 1, 8)), "varies per query row or head"),  # per head
+             (tp.InputView("bool", (1, 1, 1, 8)), "bool mask"),  # the TensorRT form makes masks additive first
+             (tp.InputView("fp16", None), "varies per query row")]  # shape unknown
+    for op in ("Attention", "SkipSoftmaxAttention", "BlockSparseAttention"):
+        attrs = get_op(op).resolve({"block_size": 16} if op == "BlockSparseAttention" else {})
+        for mask, needle in cases:
+            reason = get_op(op).plugin_def().choose(tp.NodeView(attrs, (h16, h16, h16, mask), (0, 1, 2, 3), 1))
+            assert isinstance(reason, str) and needle in reason, (op, reason)
+
+
+def test_a_mask_that_does_not_broadcast_is_refused_at_launch() -> None:
+    from edgeattn.ops.attention.trt import key_bias_symbols
+
+    q, kv = (2, 4, 8, 16), (2, 2, 12, 16)
+    assert key_bias_symbols((0, 1, 2, 3), [q, kv, kv, (2, 1, 1, 12)]) == {"KBS": 12, "KNS": 1}
+    assert key_bias_symbols((0, 1, 2, 3), [q, kv, kv, (1, 1, 1, 1)]) == {"KBS": 0, "KNS": 0}
+    assert key_bias_symbols((0, 1, 2), [q, kv, kv]) == {"KBS": 0, "KNS": 0}
+    for bad in ((2, 1, 1, 11), (3, 1, 1, 12), (2, 1, 12)):
+        with pytest.raises(ValueError, match="does not broadcast"):
+            key_bias_symbols((0, 1, 2, 3), [q, kv, kv, bad])

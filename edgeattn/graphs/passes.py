@@ -6,7 +6,8 @@ this fixed order, with the steps the options ask for:
 
     1. RewriteSites          attention sites -> edgeattn ops, as the recipe (and --sparse flags) choose
     2. CheckSparse           sparse parameters checked against what the graph knows statically
-    3. FactorCausalMasks     causal masks moved into the ops' `causal` attribute (exact)
+    3. FactorCausalMasks     causal masks moved into the ops' `causal` attribute (exact; with sparse
+                             steps, and for target trt, whose kernels take causal + a key mask)
     4. ExposeStatistics      skip ratio / density as graph outputs (calibration, inspect)
     5. PruneTokens           TokenScore + TokenSelect into a vision graph (visual-token pruning)
     5b. FoldTunables         a tunable read from a graph input (the run-time budget) becomes an attribute
@@ -229,6 +230,8 @@ def build_pipeline(options: PipelineOptions, record: PipelineRecord) -> Sequenti
         steps.append(RewriteSites(recipe, options.target, options.component, registry, record))
         if options.sparse or options.sparse_steps:
             steps += [CheckSparse(registry, record), FactorCausalMasks(registry, record)]
+        elif options.target == "trt":  # the plugins' kernels apply causal masking and a key mask, not 4-D masks
+            steps.append(FactorCausalMasks(registry, record))
     if options.statistics:
         steps.append(ExposeStatistics(registry, record))
     if options.prune is not None:

@@ -63,6 +63,8 @@ class BlockSparseBuild:
     sm_scale: float | None = None
     dense_heads: bool = False
     """Whether a ``DenseHeads`` int32 [Hkv] input marks heads outside the op's ``heads``."""
+    key_bias: bool = False
+    """Whether a ``KeyBias`` input ``[B or 1, Lkv]`` (an additive key mask, Q's type) is added to the scores."""
 
     @property
     def name(self) -> str:
@@ -76,6 +78,8 @@ class BlockSparseBuild:
             parts.append("rect")
         if self.dense_heads:
             parts.append("dh")
+        if self.key_bias:
+            parts.append("kbias")
         return "_".join(parts)
 
     @property
@@ -176,6 +180,10 @@ def _attention(b: BlockSparseBuild) -> tuple[list[KernelParam], dict[str, Any], 
     cfg = attention_config(b.head_dim, b.block_size, b.kv_group)
     params = [_ptr("Q", dt, "input"), _ptr("K", dt, "input"), _ptr("V", dt, "input")]
     consts: dict[str, Any] = {"sm_scale": b.scale}
+    if b.key_bias:
+        params.append(_ptr("KeyBias", dt, "input"))
+    else:
+        consts |= {"KeyBias": None, "stride_biasb": 0, "stride_biasn": 0}
     if b.layout == "window":
         consts |= {"BlockIdx": None, "BlockCount": None}
     else:
@@ -187,6 +195,8 @@ def _attention(b: BlockSparseBuild) -> tuple[list[KernelParam], dict[str, Any], 
     for t, h, length in (("q", "Hq", "Lq"), ("k", "Hkv", "Lkv"), ("v", "Hkv", "Lkv"), ("o", "Hq", "Lq")):
         params += [_i32(f"stride_{t}b", f"{h}*{length}*D", True), _i32(f"stride_{t}h", f"{length}*D", True),
                    _i32(f"stride_{t}{'m' if t in 'qo' else 'n'}", "D", True)]  # fmt: skip
+        if t == "v" and b.key_bias:  # the key mask's strides (0 where it broadcasts)
+            params += [_i32("stride_biasb", "KBS"), _i32("stride_biasn", "KNS")]
     params += [_i32("num_q_heads", "Hq"), _i32("num_kv_heads", "Hkv"), _i32("q_len", "Lq"), _i32("kv_len", "Lkv"),
                _i32("offset", "off"), _i32("first_block", "first"), _i32("n_q_blocks", "nQB")]  # fmt: skip
     if b.layout == "window":
@@ -196,7 +206,7 @@ def _attention(b: BlockSparseBuild) -> tuple[list[KernelParam], dict[str, Any], 
     params.append(_ptr("Out", dt, "output"))
     consts |= {"HEAD_DIM": b.head_dim, "BLOCK": b.block_size, "BLOCK_N": cfg.block_n, "HEADS": cfg.heads,
                "CAUSAL": b.causal > 0, "LAYOUT": 1 if b.layout == "window" else 0, "RECTIFY": b.rectify,
-               "UPCAST_DOT": False}  # fmt: skip
+               "UPCAST_DOT": False, "KEY_BIAS": b.key_bias}  # fmt: skip
     return params, consts, cfg.heads, cfg
 
 
@@ -228,6 +238,8 @@ def parameter_order(b: BlockSparseBuild) -> dict[str, list[KernelParam]]:
 
 def _tensors(b: BlockSparseBuild) -> dict[str, str]:
     tensors = {"Q": "[B,Hq,Lq,D]", "K": "[B,Hkv,Lkv,D]", "V": "[B,Hkv,Lkv,D]", "Out": "[B,Hq,Lq,D]"}
+    if b.key_bias:
+        tensors["KeyBias"] = "[B or 1,Lkv or 1] (additive key mask; strides KBS, KNS)"
     if b.layout == "window":
         return tensors
     if _needs_pool(b):

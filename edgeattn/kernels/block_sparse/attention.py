@@ -1,7 +1,8 @@
 """Block-sparse flash attention over a list of key blocks per (batch, key/value head, query block).
 
 Semantics: ``edgeattn.BlockSparseAttention`` (``plugins/block_sparse_attention/reference.py``) for the
-block layouts (select, mask: a block list) and the window layout, without the token ``mask`` input.
+block layouts (select, mask: a block list) and the window layout; of the token ``mask`` input, the
+key-only form (a padding mask, ``[B or 1, 1, 1, Lkv]``) as an additive ``KeyBias``.
 This file imports only triton.
 
 Geometry (as in the reference): query row i sits at position ``offset + i``; blocks of ``BLOCK``
@@ -38,16 +39,18 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 @triton.jit(do_not_specialize=["num_q_heads", "num_kv_heads", "q_len", "kv_len", "offset", "first_block", "n_q_blocks",
                                "window", "sinks"])  # fmt: skip
 def block_sparse_attn_fwd(
-    Q, K, V, BlockIdx, BlockCount, RectMass, RectRest,
+    Q, K, V, KeyBias, BlockIdx, BlockCount, RectMass, RectRest,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
+    stride_biasb, stride_biasn,
     stride_ob, stride_oh, stride_om,
     num_q_heads, num_kv_heads, q_len, kv_len, offset, first_block, n_q_blocks, window, sinks,
     Out,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, HEADS: tl.constexpr,
     CAUSAL: tl.constexpr, LAYOUT: tl.constexpr, RECTIFY: tl.constexpr, UPCAST_DOT: tl.constexpr = False,
+    KEY_BIAS: tl.constexpr = False,
 ):  # fmt: skip
     """Grid ``(n_q_blocks, B * num_q_heads / HEADS)``; ``HEADS`` divides the GQA group size.
 
@@ -55,7 +58,9 @@ def block_sparse_attn_fwd(
     strides). ``LAYOUT`` 0: BlockIdx int32 ``[B, Hkv, n_q_blocks, W]`` (W = cdiv(kv_len, BLOCK)),
     BlockCount int32 ``[B, Hkv, n_q_blocks]``. ``LAYOUT`` 1: the keys ``pos - window < j`` (causal;
     ``|pos - j| < window`` otherwise) and ``j < sinks``. ``RECTIFY``: RectMass fp32
-    ``[B, Hq, n_q_blocks]``, RectRest fp32 ``[B, Hq, n_q_blocks, D]``.
+    ``[B, Hq, n_q_blocks]``, RectRest fp32 ``[B, Hq, n_q_blocks, D]``. ``KEY_BIAS``: KeyBias,
+    broadcast to ``[B, kv_len]`` by its strides (``stride_biasb``, ``stride_biasn``), is added to the
+    scores of every row: the op's key-only (padding) mask, 0 keeps a key and -inf hides it.
     """
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -84,6 +89,8 @@ def block_sparse_attn_fwd(
     k_base = K + off_b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
     v_base = V + off_b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
     qk_scale = sm_scale * LOG2E
+    if KEY_BIAS:
+        bias_base = KeyBias + off_b.to(tl.int64) * stride_biasb
 
     # Positions of the block's real rows: a tile wholly visible to both ends needs no mask.
     p_lo = tl.maximum(T * BLOCK, offset)
@@ -127,6 +134,9 @@ def block_sparse_attn_fwd(
             qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             qk = tl.dot(q, tl.trans(k))
+        if KEY_BIAS:  # in raw-score units: scale·(qk + m/scale) = scale·qk + m (exact for m = -inf)
+            bias = tl.load(bias_base + cols * stride_biasn, mask=cols < kv_len, other=0.0)
+            qk = qk + bias.to(tl.float32)[None, :] / sm_scale
         # Does some key of the tile hide from some row? (kv tail, causal diagonal, window edges)
         c1 = c0 + BLOCK_N - 1
         partial = c1 >= kv_len

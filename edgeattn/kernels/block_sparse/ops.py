@@ -273,11 +273,12 @@ def _launch_attention(
     upcast = upcast_dot(q.dtype, attention.block_sparse_attn_fwd)
     with _device_ctx(q):
         attention.block_sparse_attn_fwd[(geo.n_q_blocks, batch * q_heads // cfg.heads)](
-            q, k, v, idx, cnt, mass, rest,
+            q, k, v, None, idx, cnt, mass, rest,
             _scale(scale, head_dim),
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
+            0, 0,
             out.stride(0), out.stride(1), out.stride(2),
             q_heads, kv_heads, geo.q_len, geo.kv_len, geo.offset, geo.first_block, geo.n_q_blocks, window, sinks,
             out,

@@ -52,6 +52,8 @@ class SkipSoftmaxBuild:
     decode_block_m: int = 16
     """Decode only: rows per query tile (<= block_m; one tile must hold every query row)."""
     count_skips: bool = False
+    key_bias: bool = False
+    """Whether a ``KeyBias`` input ``[B or 1, Lkv]`` (an additive key mask, Q's type) is added to the scores."""
 
     @property
     def name(self) -> str:
@@ -62,6 +64,8 @@ class SkipSoftmaxBuild:
             parts.append(f"s{self.num_splits}")
         if self.count_skips:
             parts.append("count")
+        if self.key_bias:
+            parts.append("kbias")
         return "_".join(parts)
 
 
@@ -73,13 +77,19 @@ def _fwd_params(b: SkipSoftmaxBuild) -> list[KernelParam]:
         ("stride_qb", "Hq*Lq*D"), ("stride_qh", "Lq*D"), ("stride_qm", "D"),
         ("stride_kb", "Hkv*Lkv*D"), ("stride_kh", "Lkv*D"), ("stride_kn", "D"),
         ("stride_vb", "Hkv*Lkv*D"), ("stride_vh", "Lkv*D"), ("stride_vn", "D"),
-        ("stride_ob", f"Hq*{s}*Lq*D"), ("stride_oh", f"{s}*Lq*D"),
     ]  # fmt: skip
+    tail = [("stride_ob", f"Hq*{s}*Lq*D"), ("stride_oh", f"{s}*Lq*D")]
     if b.mode == "decode":
-        scalars.append(("stride_os", "Lq*D"))
-    scalars.append(("stride_om", "D"))
+        tail.append(("stride_os", "Lq*D"))
+    tail.append(("stride_om", "D"))
     params = [KernelParam(n, dt, "input", True) for n in ("Q", "K", "V")]
+    if b.key_bias:
+        params.append(KernelParam("KeyBias", dt, "input", True))
     params += [KernelParam(n, "i32", "scalar", True, f) for n, f in scalars]
+    if b.key_bias:  # the key mask's strides (0 where it broadcasts)
+        params += [KernelParam("stride_biasb", "i32", "scalar", False, "KBS"),
+                   KernelParam("stride_biasn", "i32", "scalar", False, "KNS")]
+    params += [KernelParam(n, "i32", "scalar", True, f) for n, f in tail]
     params += [
         KernelParam("num_q_heads", "i32", "scalar", False, "Hq"),
         KernelParam("kv_group", "i32", "scalar", False, "Hq/Hkv"),
@@ -110,7 +120,10 @@ def _fwd_constexprs(b: SkipSoftmaxBuild) -> dict[str, Any]:
         "STORE_LSE": b.mode == "decode",
         "COUNT_SKIPS": b.count_skips,
         "UPCAST_DOT": False,
+        "KEY_BIAS": b.key_bias,
     }
+    if not b.key_bias:
+        consts.update(KeyBias=None, stride_biasb=0, stride_biasn=0)
     if b.mode == "prefill":
         consts.update(stride_os=0, tiles_per_split=_ONE_SPLIT, Lse=None)
     if not b.count_skips:
@@ -159,6 +172,8 @@ def build(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> 
     n_q_tiles = f"cdiv(Lq,{bm})"
     s = "S" if b.mode == "decode" else "1"
     tensors = {"Q": "[B,Hq,Lq,D]", "K": "[B,Hkv,Lkv,D]", "V": "[B,Hkv,Lkv,D]", "Out": "[B,Hq,Lq,D]"}
+    if b.key_bias:
+        tensors["KeyBias"] = "[B or 1,Lkv or 1] (additive key mask; strides KBS, KNS)"
     requires = [
         "tensors contiguous [B, H, L, D]; pointers 16-byte aligned (compiled with divisibility hints)",
         "every tensor below 2**31 elements (int32 strides)",

@@ -39,12 +39,12 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 @triton.jit
 def _attend_key_tiles(
     acc, l_i, m_i, n_skip,
-    q, k_base, v_base, stride_kn, stride_vn,
+    q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_biasn,
     offs_n, offs_d, row_pos, row_pad,
-    kv_len, qk_scale, log2_lambda,
+    kv_len, qk_scale, inv_sm_scale, log2_lambda,
     tile_lo, tile_hi, first_tile,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    USE_SKIP: tl.constexpr, V_LOAD: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    USE_SKIP: tl.constexpr, V_LOAD: tl.constexpr, UPCAST_DOT: tl.constexpr, KEY_BIAS: tl.constexpr,
 ):  # fmt: skip
     # Scores and maxima are in log2 units (scores * sm_scale * log2 e), so exp2 does the softmax.
     # V_LOAD (see the module docstring): 0 with K, 1 in the processed branch, 2 one tile ahead.
@@ -78,6 +78,13 @@ def _attend_key_tiles(
             qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             qk = tl.dot(q, tl.trans(k))
+        if KEY_BIAS:
+            # The key mask in raw-score units: scale·(qk + m/scale) = scale·qk + m (exact for m = -inf).
+            if MASKED:
+                bias = tl.load(bias_base + cols * stride_biasn, mask=cols < kv_len, other=0.0)
+            else:
+                bias = tl.load(bias_base + cols * stride_biasn)
+            qk = qk + bias.to(tl.float32)[None, :] * inv_sm_scale
         if MASKED:
             valid = cols[None, :] < kv_len
             if CAUSAL:
@@ -120,17 +127,19 @@ def _attend_key_tiles(
 
 @triton.jit(do_not_specialize=["q_len", "kv_len"])
 def skip_softmax_attn_fwd(
-    Q, K, V,
+    Q, K, V, KeyBias,
     sm_scale, log2_scale_factor,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
+    stride_biasb, stride_biasn,
     stride_ob, stride_oh, stride_os, stride_om,
     num_q_heads, kv_group, q_len, kv_len, tiles_per_split,
     Out, Lse, Counts,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, USE_SKIP: tl.constexpr, V_LOAD: tl.constexpr,
     STORE_LSE: tl.constexpr, COUNT_SKIPS: tl.constexpr, UPCAST_DOT: tl.constexpr = False,
+    KEY_BIAS: tl.constexpr = False,
 ):  # fmt: skip
     """Grid ``(cdiv(q_len, BLOCK_M), B * num_q_heads, n_splits)``.
 
@@ -139,6 +148,9 @@ def skip_softmax_attn_fwd(
     ``n_splits == 1``; otherwise fp32 partials ``[B, Hq, n_splits, q_len, HEAD_DIM]`` (split stride
     ``stride_os``). Lse (natural log, fp32) ``[B * Hq, n_splits, q_len]``; Counts (int32)
     ``[B * Hq, n_splits, n_query_tiles, 2]`` = (tiles skipped, tiles visited).
+    ``KEY_BIAS``: KeyBias, broadcast to ``[B, kv_len]`` by its strides (``stride_biasb``,
+    ``stride_biasn``; 0 broadcasts), is added to every score of key j, as a key-only (padding) mask of
+    the op: 0 keeps a key, -inf hides it; the skip rule sees the masked scores. Without it KeyBias is not read (None).
     ``UPCAST_DOT`` multiplies in IEEE fp32: for fp32 inputs (no TF32), and for bf16 in the Triton
     3.9 interpreter, whose dot cannot take bf16 (exact: 16-bit products fit in fp32).
     """
@@ -157,6 +169,10 @@ def skip_softmax_attn_fwd(
     q_base = Q + off_b * stride_qb + off_h.to(tl.int64) * stride_qh
     k_base = K + off_b * stride_kb + off_kvh * stride_kh
     v_base = V + off_b * stride_vb + off_kvh * stride_vh
+    if KEY_BIAS:
+        bias_base = KeyBias + off_b * stride_biasb
+    else:
+        bias_base = KeyBias
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -165,6 +181,7 @@ def skip_softmax_attn_fwd(
     # Q tile stays in registers for the whole walk; padding rows read as 0.
     q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < q_len, other=0.0)
     qk_scale = sm_scale * LOG2E
+    inv_sm_scale = 1.0 / sm_scale
     if USE_SKIP:
         log2_lambda = log2_scale_factor - tl.log2(kv_len.to(tl.float32))
     else:
@@ -187,14 +204,16 @@ def skip_softmax_attn_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     n_skip = tl.zeros([], tl.int32)
     acc, l_i, m_i, n_skip = _attend_key_tiles(
-        acc, l_i, m_i, n_skip, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, row_pos, row_pad,
-        kv_len, qk_scale, log2_lambda, tile_lo, mid, tile_lo,
-        BLOCK_N, False, CAUSAL, USE_SKIP, V_LOAD, UPCAST_DOT,
+        acc, l_i, m_i, n_skip, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_biasn,
+        offs_n, offs_d, row_pos, row_pad,
+        kv_len, qk_scale, inv_sm_scale, log2_lambda, tile_lo, mid, tile_lo,
+        BLOCK_N, False, CAUSAL, USE_SKIP, V_LOAD, UPCAST_DOT, KEY_BIAS,
     )  # fmt: skip
     acc, l_i, m_i, n_skip = _attend_key_tiles(
-        acc, l_i, m_i, n_skip, q, k_base, v_base, stride_kn, stride_vn, offs_n, offs_d, row_pos, row_pad,
-        kv_len, qk_scale, log2_lambda, mid, tile_hi, tile_lo,
-        BLOCK_N, True, CAUSAL, USE_SKIP, V_LOAD, UPCAST_DOT,
+        acc, l_i, m_i, n_skip, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_biasn,
+        offs_n, offs_d, row_pos, row_pad,
+        kv_len, qk_scale, inv_sm_scale, log2_lambda, mid, tile_hi, tile_lo,
+        BLOCK_N, True, CAUSAL, USE_SKIP, V_LOAD, UPCAST_DOT, KEY_BIAS,
     )  # fmt: skip
 
     # Rows that processed no key (fully masked, or an empty split) write 0 and lse = -inf.

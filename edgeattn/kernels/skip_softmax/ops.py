@@ -62,6 +62,21 @@ def _auto_splits(x: torch.Tensor, programs: int, kv_len: int, block_n: int) -> i
     return auto_num_splits(programs, kv_len, block_n, sms)
 
 
+def _key_bias(bias: torch.Tensor | None, batch: int, kv_len: int,
+              device: torch.device) -> tuple[torch.Tensor | None, tuple[int, int]]:
+    """(the key bias as the kernels read it, its strides) from an optional tensor broadcastable to [B, Lkv]."""
+    if bias is None:
+        return None, (0, 0)
+    if bias.dim() != 2 or bias.shape[0] not in (1, batch) or bias.shape[1] not in (1, kv_len) or \
+            not bias.is_floating_point():
+        raise EdgeAttnError(f"key_bias must be a float tensor broadcastable to [{batch}, {kv_len}], got "
+                            f"{bias.dtype} {tuple(bias.shape)}")
+    if bias.device != device:
+        raise EdgeAttnError(f"key_bias must be on {device}, got {bias.device}")
+    bias = bias.expand(batch, kv_len)
+    return bias, (bias.stride(0), bias.stride(1))
+
+
 def skip_softmax_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -76,13 +91,15 @@ def skip_softmax_attention(
     count_skips: bool = False,
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
+    key_bias: torch.Tensor | None = None,
 ) -> SkipSoftmaxResult:
     """BLASST skip-softmax attention with the Triton kernels (same semantics as the reference).
 
     q ``[B, Hq, Lq, D]``, k/v ``[B, Hkv, Lkv, D]``; fp16/bf16 (fp32 accumulation) or fp32 (IEEE, no TF32).
     ``num_splits``: KV splits (flash-decoding); ``None`` picks one from the GPU size for calls with
     at most :data:`DECODE_MAX_QUERY_ROWS` query rows (1 otherwise). ``out``: an optional
-    ``[B, Hq, Lq, D]`` tensor to write into. ``count_skips`` fills ``tiles_skipped``.
+    ``[B, Hq, Lq, D]`` tensor to write into. ``count_skips`` fills ``tiles_skipped``. ``key_bias``: an
+    additive key mask broadcastable to ``[B, Lkv]`` (0 keeps a key, -inf hides it), added to every query row's scores.
     """
     _check_inputs(q, k, v, block_m, block_n)
     _check(q, k, v, block_m, block_n)
@@ -93,6 +110,7 @@ def skip_softmax_attention(
     if not sm_scale > 0:
         raise EdgeAttnError(f"scale must be > 0, got {scale}")
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    bias_arg, bias_strides = _key_bias(key_bias, batch, kv_len, q.device)
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
@@ -125,18 +143,19 @@ def skip_softmax_attention(
     use_skip = ln_lambda != -math.inf
     with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
         kernels.skip_softmax_attn_fwd[(n_q_tiles, batch * q_heads, splits)](
-            q, k, v,
+            q, k, v, bias_arg,
             sm_scale, math.log2(scale_factor) if use_skip else 0.0,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
+            *bias_strides,
             *o_strides,
             q_heads, q_heads // kv_heads, q_len, kv_len, per_split,
             target, lse, counts,
             HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
             CAUSAL=bool(causal), USE_SKIP=use_skip, V_LOAD=config.v_load,
             STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
-            UPCAST_DOT=upcast_dot(q.dtype, kernels.skip_softmax_attn_fwd),
+            UPCAST_DOT=upcast_dot(q.dtype, kernels.skip_softmax_attn_fwd), KEY_BIAS=bias_arg is not None,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
         if splits > 1:

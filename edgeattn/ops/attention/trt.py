@@ -31,8 +31,7 @@ def to_trt_form(node: ir.Node) -> None:
     if _rank(query) == 3:
         _to_four_dims(node)
     node.resize_inputs(4)
-    mask = _additive_mask(node, node.inputs[3], dtype)
-    mask.dtype = dtype
+    mask = additive_mask(node, node.inputs[3], dtype)
     node.replace_input_with(3, mask)
     precision = node.attributes.get_int("softmax_precision", 0)
     if precision == 0:
@@ -102,19 +101,27 @@ def _merge_output_heads(node: ir.Node) -> None:
         graph.outputs[position] = result
 
 
-def _additive_mask(node: ir.Node, mask: ir.Value | None, dtype: ir.DataType) -> ir.Value:
+def additive_mask(node: ir.Node, mask: ir.Value | None, dtype: ir.DataType) -> ir.Value:
+    """`mask` as an additive mask of `dtype` (0 attends, -inf hides), made by nodes just before `node`, with
+    the mask's shape (a key-only mask stays recognisable as one); a zero [1, 1, 1, 1] mask when there is none."""
     numpy_dtype = dtype.numpy()
     if mask is None:
-        return _constant(node, "zero_mask", np.zeros((1, 1, 1, 1), numpy_dtype))
-    if mask.dtype == BOOL:
+        result = _constant(node, "zero_mask", np.zeros((1, 1, 1, 1), numpy_dtype))
+        result.shape = ir.Shape([1, 1, 1, 1])
+    elif mask.dtype == BOOL:
         zero = _constant(node, "mask_zero", np.zeros((), numpy_dtype))
         minus_inf = _constant(node, "mask_minus_inf", np.full((), -np.inf, numpy_dtype))
-        return _before(node, "additive_mask", "Where", [mask, zero, minus_inf])
-    if mask.dtype is None:
+        result = _before(node, "additive_mask", "Where", [mask, zero, minus_inf])
+        result.shape = mask.shape
+    elif mask.dtype is None:
         raise ValueError(f"the element type of the mask of {node.name} is unknown")
-    if mask.dtype != dtype:
-        return _before(node, "mask_cast", "Cast", [mask], to=int(dtype))
-    return mask
+    elif mask.dtype != dtype:
+        result = _before(node, "mask_cast", "Cast", [mask], to=int(dtype))
+        result.shape = mask.shape
+    else:
+        return mask
+    result.dtype = dtype
+    return result
 
 
 # -- the plugin ---------------------------------------------------------------------------------------------
@@ -135,15 +142,45 @@ def flash_kernel_reason(view: "NodeView", mask_position: int | None) -> str | No
     for name, view_ in (("K", key), ("V", value)):
         if view_.shape is None or len(view_.shape) != 4 or view_.shape[3] != head:
             return f"{name}'s head size differs from Q's {head}"
-    mask = view.input(mask_position) if mask_position is not None else None
-    if mask is not None and (mask.constant is None or np.any(mask.constant != 0)):
-        return "an attention mask (the kernels apply causal masking only)"
+    mask = key_bias_of(view, mask_position)
+    if isinstance(mask, str):
+        return mask
     causal = int(view.attributes.get("causal", 0))
     if causal == 1:
         q_len, kv_len = query.shape[2], key.shape[2]
         if not (isinstance(q_len, int) and q_len == kv_len):
             return "upper-left causal masking with query and key lengths not known equal (the kernels align causal masks lower-right)"
     return None
+
+
+def key_bias_of(view: "NodeView", mask_position: int | None) -> bool | str:
+    """Whether the kernels add the node's mask as a key bias (False: no mask, or a constant zero one), or why
+    they cannot apply it. The kernels take an additive key-only mask of Q's type, [B or 1, 1, 1, Lkv]: a
+    padding mask, what is left of a decoder's mask once its causal part is the `causal` attribute."""
+    mask = view.input(mask_position) if mask_position is not None else None
+    if mask is None or (mask.constant is not None and not np.any(mask.constant != 0)):
+        return False
+    query = view.input(0)
+    if mask.dtype != (query.dtype if query is not None else None):
+        return (f"a {mask.dtype or 'typeless'} mask (the kernels take an additive mask of Q's type; the TensorRT "
+                "form converts boolean masks)")
+    shape = mask.shape
+    if shape is None or len(shape) != 4 or shape[1] != 1 or shape[2] != 1:
+        return ("a mask that varies per query row or head (the kernels apply causal masking and a key-only mask "
+                "[B or 1, 1, 1, Lkv])")
+    return True
+
+
+def key_bias_symbols(present: tuple[int, ...], dims: Sequence[Sequence[int]], mask_position: int = 3) -> dict[str, int]:
+    """The strides the kernels read a key mask [Bm, 1, 1, Tm] with (KBS per batch entry, KNS per key; 0 where
+    it broadcasts); ValueError for a mask that does not broadcast to the call's [B, 1, 1, Lkv]."""
+    if mask_position not in present:
+        return {"KBS": 0, "KNS": 0}
+    mask = dims[present.index(mask_position)]
+    batch, kv_len = dims[0][0], dims[1][2]
+    if len(mask) != 4 or mask[0] not in (1, batch) or mask[3] not in (1, kv_len):
+        raise ValueError(f"a mask of shape {list(mask)} does not broadcast to [{batch}, 1, 1, {kv_len}]")
+    return {"KBS": 0 if mask[0] == 1 else int(mask[3]), "KNS": 0 if mask[3] == 1 else 1}
 
 
 def flash_build(view: "NodeView", scale_factor: float, block_m: int = 128, block_n: int = 64) -> dict[str, Any]:
@@ -155,7 +192,8 @@ def flash_build(view: "NodeView", scale_factor: float, block_m: int = 128, block
     scale = float(view.attributes.get("scale", 0.0))
     return {"head_dim": head, "dtype": query.dtype, "mode": "prefill", "causal": int(view.attributes.get("causal", 0)) != 0,
             "scale_factor": float(scale_factor), "sm_scale": scale if scale > 0 else None,
-            "block_m": block_m if head <= 64 else min(block_m, 64), "block_n": block_n}  # fmt: skip
+            "block_m": block_m if head <= 64 else min(block_m, 64), "block_n": block_n,
+            "key_bias": key_bias_of(view, 3) is True}  # fmt: skip
 
 
 def _choose(view: "NodeView") -> "KernelChoice | str":
@@ -173,23 +211,25 @@ def _choose(view: "NodeView") -> "KernelChoice | str":
 
 def flash_symbols(attrs: Mapping[str, Any], present: tuple[int, ...], dims: Sequence[Sequence[int]]) -> dict[str, int]:
     batch, q_heads, q_len, head = dims[0]
-    return {"B": batch, "Hq": q_heads, "Lq": q_len, "D": head, "Hkv": dims[1][1], "Lkv": dims[1][2], "S": 1}
+    return {"B": batch, "Hq": q_heads, "Lq": q_len, "D": head, "Hkv": dims[1][1], "Lkv": dims[1][2], "S": 1,
+            **key_bias_symbols(present, dims)}
 
 
 def flash_output_dims(attrs: Mapping[str, Any], present: tuple[int, ...]) -> list[list[Dim]]:
     return [[In(0, 0), In(0, 1), In(0, 2), In(2, 3)]]
 
 
-def _combos(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> list[tuple[str, ...]]:
+def flash_combos(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> list[tuple[str, ...]]:
+    """Every input (the mask too: additive, of Q's type) and output in one of the kernels' types."""
     return [(t,) * (len(present) + outputs) for t in KERNEL_TYPES]
 
 
-def _bindings(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> tuple[tuple, tuple]:
-    names = {0: "Q", 1: "K", 2: "V"}
+def flash_bindings(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> tuple[tuple, tuple]:
+    names = {0: "Q", 1: "K", 2: "V", 3: "KeyBias"}
     return tuple(names.get(p) for p in present), ("Out",)
 
 
 def plugin_def(spec: Any) -> PluginDef:
     return PluginDef(spec, output_dims=flash_output_dims, output_types=lambda attrs, types: [types[0]],
-                     type_combos=_combos, choose=_choose, symbols=flash_symbols, bindings=_bindings,
+                     type_combos=flash_combos, choose=_choose, symbols=flash_symbols, bindings=flash_bindings,
                      notes="the dense flash kernel (skip-softmax kernels with nothing skipped)")

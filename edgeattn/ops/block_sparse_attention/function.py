@@ -10,6 +10,7 @@ import hashlib
 
 import onnx_ir as ir
 
+from edgeattn.ops.attention.trt import additive_mask
 from edgeattn.ops.block_select.function import (
     BlockGeometry,
     geometry,
@@ -169,7 +170,9 @@ def _rectify(b: Nodes, out: ir.Value, query: ir.Value, key: ir.Value, value: ir.
 
 def to_trt_form(node: ir.Node) -> None:
     """The TensorRT form takes the node as it is (keep or threshold read from an input is refused before
-    this is called); only Q's element type must be known."""
+    this is called) with a boolean mask made additive, as the kernels read it; Q's element type must be known."""
     query = node.inputs[0] if node.inputs else None
     if query is None or query.dtype is None:
         raise ValueError(f"the element type of Q of {node.name} is unknown")
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        node.replace_input_with(3, additive_mask(node, node.inputs[3], query.dtype))

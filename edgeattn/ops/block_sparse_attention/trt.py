@@ -1,5 +1,6 @@
 """The TensorRT plugin of edgeattn.BlockSparseAttention: block selection and attention in the block-sparse
-kernels (`edgeattn.kernels.block_sparse`), for the select and window layouts.
+kernels (`edgeattn.kernels.block_sparse`), for the select and window layouts, with a key-only mask (padding)
+added to the scores.
 
 The node's TensorRT form is written by `function.to_trt_form` (every attribute out, the tunables folded);
 this module says which nodes the kernels compute and how a launch binds them.
@@ -9,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from edgeattn.ops.attention.trt import KERNEL_TYPES, flash_output_dims
+from edgeattn.ops.attention.trt import (
+    KERNEL_TYPES,
+    flash_bindings,
+    flash_combos,
+    flash_output_dims,
+    key_bias_of,
+    key_bias_symbols,
+)
 from edgeattn.ops.trt_plugin import KernelChoice, NodeView, PluginDef, power_of_two_in
 
 DEFAULT_LONGEST = 4096  # keys an engine serves when the compile does not say (the selection tile's width)
@@ -20,9 +28,9 @@ def _choose(view: NodeView) -> KernelChoice | str:
     layout = attrs.get("layout", "select")
     if layout not in ("select", "window"):
         return f"layout {layout!r} (the plugin computes the select and window layouts)"
-    for position, name in ((3, "a token mask"), (4, "a block_mask input"), (5, "a keep input"), (6, "a threshold input")):
+    for position, name in ((4, "a block_mask input"), (5, "a keep input"), (6, "a threshold input")):
         if view.input(position) is not None:
-            return f"{name} (the plugin takes Q, K and V only)"
+            return f"{name} (the plugin takes Q, K, V and a key mask)"
     if view.outputs > 1:
         return "the density statistics output (the plugin computes Y only; drop --stats for TensorRT)"
     if attrs.get("heads"):
@@ -33,6 +41,9 @@ def _choose(view: NodeView) -> KernelChoice | str:
     assert query is not None and key is not None and query.shape is not None and key.shape is not None
     if query.dtype not in KERNEL_TYPES:
         return f"{query.dtype or 'an unknown type'} (the kernels are built for fp16 and bf16; export with --dtype fp16)"
+    key_bias = key_bias_of(view, 3)
+    if isinstance(key_bias, str):
+        return key_bias
     head = query.shape[3]
     if not power_of_two_in(head) or any(v.shape[3] != head for v in (key, value) if v is not None and v.shape):
         return f"head size {head} (the kernels take one static power of two in [16, 256] for Q, K and V)"
@@ -50,12 +61,9 @@ def _choose(view: NodeView) -> KernelChoice | str:
              "key_pool": attrs.get("key_pool", "mean"), "group_reduce": attrs.get("group_reduce", "mean"),
              "kv_group": q_heads // kv_heads, "max_kv_len": int(longest), "rectify": bool(attrs.get("rectify", 0)),
              "threshold": float(attrs.get("threshold", 0.01)), "cum_prob": float(attrs.get("cum_prob", 0.9)),
-             "sm_scale": float(attrs["scale"]) if float(attrs.get("scale", 0.0)) > 0 else None}  # fmt: skip
+             "sm_scale": float(attrs["scale"]) if float(attrs.get("scale", 0.0)) > 0 else None,
+             "key_bias": key_bias}  # fmt: skip
     return KernelChoice("block_sparse", (build,), "BlockSparseBuild")
-
-
-def _combos(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> list[tuple[str, ...]]:
-    return [(t,) * (len(present) + outputs) for t in KERNEL_TYPES]
 
 
 def _symbols(attrs: Mapping[str, Any], present: tuple[int, ...], dims: Sequence[Sequence[int]]) -> dict[str, int]:
@@ -71,15 +79,10 @@ def _symbols(attrs: Mapping[str, Any], present: tuple[int, ...], dims: Sequence[
             "off": geo.offset, "budget": keep_blocks if keep_blocks > 0 else budget_of(float(attrs["keep"]), geo.n_kv_blocks),
             "local_blocks": int(attrs["local_blocks"]), "sink_blocks": int(attrs["sink_blocks"]),
             "dense_last_rows": int(attrs["dense_last_rows"]), "dense_decode": int(bool(attrs["dense_decode"])),
-            "window": int(attrs["window"]), "sinks": int(attrs["sinks"])}  # fmt: skip
-
-
-def _bindings(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> tuple[tuple, tuple]:
-    names = {0: "Q", 1: "K", 2: "V"}
-    return tuple(names.get(p) for p in present), ("Out",)
+            "window": int(attrs["window"]), "sinks": int(attrs["sinks"]), **key_bias_symbols(present, dims)}  # fmt: skip
 
 
 def plugin_def(spec: Any) -> PluginDef:
     return PluginDef(spec, output_dims=flash_output_dims, output_types=lambda attrs, types: [types[0]],
-                     type_combos=_combos, choose=_choose, symbols=_symbols, bindings=_bindings,
+                     type_combos=flash_combos, choose=_choose, symbols=_symbols, bindings=flash_bindings,
                      notes="block selection from pooled scores, then flash attention over the kept blocks")

@@ -1,17 +1,27 @@
-"""The TensorRT form of edgeattn.SkipSoftmaxAttention: the node as it is, every attribute written out.
+"""The TensorRT form of edgeattn.SkipSoftmaxAttention: the node as it is, every attribute written out, a
+boolean mask made additive (Q's type).
 
-The skip-softmax kernels (`edgeattn.kernels.skip_softmax`) read contiguous 4-D Q, K, V and no mask, with
-lower-right causal masking; a node in another layout or with a mask keeps the TensorRT form all the same,
-and a TensorRT without a plugin that takes it inlines the node's exact function body.
+The skip-softmax kernels (`edgeattn.kernels.skip_softmax`) read contiguous 4-D Q, K, V and a key-only mask
+[B or 1, 1, 1, Lkv] (a padding mask), with lower-right causal masking; a node in another layout or with
+another mask keeps the TensorRT form all the same, and a TensorRT without a plugin that takes it inlines the
+node's exact function body.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import onnx_ir as ir
 
-from edgeattn.ops.attention.trt import KERNEL_TYPES, flash_build, flash_kernel_reason, flash_output_dims, flash_symbols
+from edgeattn.ops.attention.trt import (
+    additive_mask,
+    flash_bindings,
+    flash_build,
+    flash_combos,
+    flash_kernel_reason,
+    flash_output_dims,
+    flash_symbols,
+)
 from edgeattn.ops.trt_plugin import KernelChoice, NodeView, PluginDef, power_of_two_in
 
 
@@ -22,6 +32,8 @@ def to_trt_form(node: ir.Node) -> None:
     four_dims = query.shape is not None and len(query.shape) == 4
     if four_dims and node.attributes.get_int("causal", 0) == 1:
         node.attributes["causal"] = ir.AttrInt64("causal", 2)  # the kernels' causal is lower-right (as before)
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        node.replace_input_with(3, additive_mask(node, node.inputs[3], query.dtype))
 
 
 # -- the plugin ---------------------------------------------------------------------------------------------
@@ -44,16 +56,7 @@ def _choose(view: NodeView) -> KernelChoice | str:
     return KernelChoice("skip_softmax", (build,), "SkipSoftmaxBuild")
 
 
-def _combos(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> list[tuple[str, ...]]:
-    return [(t,) * (len(present) + outputs) for t in KERNEL_TYPES]
-
-
-def _bindings(attrs: Mapping[str, Any], present: tuple[int, ...], outputs: int) -> tuple[tuple, tuple]:
-    names = {0: "Q", 1: "K", 2: "V"}
-    return tuple(names.get(p) for p in present), ("Out",)
-
-
 def plugin_def(spec: Any) -> PluginDef:
     return PluginDef(spec, output_dims=flash_output_dims, output_types=lambda attrs, types: [types[0]],
-                     type_combos=_combos, choose=_choose, symbols=flash_symbols, bindings=_bindings,
+                     type_combos=flash_combos, choose=_choose, symbols=flash_symbols, bindings=flash_bindings,
                      notes="the skip-softmax flash kernel, one split")
