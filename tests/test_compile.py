@@ -400,6 +400,44 @@ def test_fp16_decoders_compile_their_attention_to_plugin_layers(case: tuple, exp
     assert not any(t.startswith("PLUGIN") for t in engine["layer_types"])
 
 
+def test_a_third_party_fp16_encoder_compiles_its_attention_to_plugin_layers(trt_ready: None, tmp_path: Path) -> None:
+    """A BERT written by torch's TorchScript exporter, rewritten with --target trt: its float padding mask,
+    built from the shape of the hidden states, is found to be key-only (the geometry factors hide nothing), so
+    both sites become plugin layers; the rewritten file gives the original's outputs in onnxruntime."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from tests.models.hf_folders import torchscript_bert_fp16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = torchscript_bert_fp16(tmp_path / "bert.onnx")
+    rewritten = tmp_path / "bert_trt.onnx"
+    result = CliRunner().invoke(cli, ["rewrite", str(source), str(rewritten), "--target", "trt"])
+    assert result.exit_code == 0, result.output
+    sites = [n for n in ir.load(rewritten).graph if n.domain == "edgeattn"]
+    assert len(sites) == 2 and all(list(n.inputs[3].shape)[1:3] == [1, 1] for n in sites)
+    rng = np.random.default_rng(0)
+    for batch, length in ((2, 16), (3, 7)):
+        ids = rng.integers(0, 100, (batch, length))
+        mask = np.ones((batch, length), np.int64)
+        mask[0, :2], mask[-1, length // 2:] = 0, 0  # left and right padding
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        want = ort.InferenceSession(str(source)).run(None, feeds)[0].astype(np.float32)
+        got = ort.InferenceSession(str(rewritten)).run(None, feeds)[0].astype(np.float32)
+        # fp16 outputs of size ~3: one fp16 step there is 2**-9 ~ 2e-3
+        np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-3)
+    out = tmp_path / "engines"
+    result = _compile([str(rewritten), "--out", str(out), "--arch", ARCH, "--shapes", "batch=1/2/4,sequence=1/16/64"])
+    assert result.exit_code == 0, result.output
+    engine = _engines(out)["engines"]["bert_trt"]
+    assert {(n["op"], n["as"]) for n in engine["edgeattn_nodes"]} == {("Attention", "plugin")}
+    assert all(n["kernel"].startswith("skip_softmax/prefill_d16_fp16_full") and n["kernel"].endswith("_kbias")
+               for n in engine["edgeattn_nodes"])
+    assert engine["layer_types"]["PLUGIN_V3"] == 2
+
+
 # -- one line, exit 1 ------------------------------------------------------------------------------------
 
 

@@ -281,3 +281,33 @@ def test_a_benchmark_given_a_bad_setting_says_so_in_one_line():
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "does not divide" in proc.stderr
     proc = subprocess.run([sys.executable, str(script), "--length", "x"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
+
+
+def _float_mask_site(fill: float) -> ir.Model:
+    """The exported site with its boolean mask turned into `Where(mask, 0, fill)`, as many exporters write it."""
+    model = ir.serde.deserialize_model(attention_site())
+    (node,) = [n for n in model.graph if n.op_type == "Attention"]
+    zero = ir.node("Constant", [], attributes={"value": ir.tensor(np.array(0.0, np.float32))})
+    hidden = ir.node("Constant", [], attributes={"value": ir.tensor(np.array(fill, np.float32))})
+    where = ir.node("Where", [node.inputs[3], zero.outputs[0], hidden.outputs[0]], name="float_mask")
+    where.outputs[0].name, where.outputs[0].dtype = "float_mask", ir.DataType.FLOAT
+    model.graph.insert_before(node, [zero, hidden, where])
+    node.replace_input_with(3, where.outputs[0])
+    return model
+
+
+@pytest.mark.parametrize("fill,causal", [(-np.inf, 2), (float(np.finfo(np.float32).min), 0)])
+def test_a_float_mask_is_taken_apart_only_where_that_is_exact(fill, causal):
+    """With -inf the causal part moves into `causal` (a hidden key is hidden either way); with finfo.min it stays
+    in the mask, since a row that sees no key would average its finite scores where causal = 2 gives zeros."""
+    rng = np.random.default_rng(3)
+    feeds = attention_feeds(rng, 2, 4, 2, 24, 24, 8)
+    feeds["attention_mask"][-1, -5:] = 0  # right padding: every row keeps a key
+    site = _float_mask_site(fill)
+    plain = _run_site(site, feeds)
+    model, report = sparsify(site, component="decoder", lowering="function")
+    (node,) = [n for n in model.graph if n.domain == "edgeattn"]
+    assert node.attributes["causal"].value == causal and len(report.causal_sites) == (1 if causal else 0)
+    if causal:
+        assert list(node.inputs[3].shape)[1:3] == [1, 1]  # the padding mask alone, as a float key mask
+    assert rel_err(_run_site(model, feeds), plain) <= TOL

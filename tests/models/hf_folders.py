@@ -63,3 +63,29 @@ def tiny_vision(kind: str, folder: Path) -> Path:
     else:
         model = transformers.Dinov2Model(transformers.Dinov2Config(patch_size=14, **common))
     return save_folder(model.eval(), folder)
+
+
+def torchscript_bert_fp16(path: Path) -> Path:
+    """A 2-layer fp16 BERT (head size 16) written by torch's TorchScript ONNX exporter (`dynamo=False`, what
+    Optimum and most model zoos used): a third-party graph, with Transformers' bidirectional padding mask built
+    as `Where(Expand(And(geometry, padding)), 0, finfo.min)` from the shape of the hidden states."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=64, attn_implementation="eager")
+    torch.manual_seed(0)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = transformers.BertModel(config).eval().half()
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
+    axes = {0: "batch", 1: "sequence"}
+    torch.onnx.export(Encoder().eval(), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state"], dynamic_axes={"input_ids": axes, "attention_mask": axes},
+                      opset_version=17, dynamo=False)
+    return path

@@ -28,7 +28,11 @@ class Operand:
     def build(self, op: object) -> ir.Value:
         if self.perm is None:
             return self.value
-        return op.Transpose(self.value, perm=list(self.perm))  # type: ignore[attr-defined]
+        moved: ir.Value = op.Transpose(self.value, perm=list(self.perm))  # type: ignore[attr-defined]
+        shape = self.value.shape
+        if shape is not None and len(shape) == len(self.perm):  # what later passes read (plugins: head sizes)
+            moved.shape, moved.dtype = ir.Shape([shape[axis] for axis in self.perm]), self.value.dtype
+        return moved
 
 
 def _producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:

@@ -13,10 +13,17 @@ causal, so this pass takes the mask apart:
 - the other factors stay the mask (a padding mask [B, 1, 1, Skv] in the Hugging Face case).
 
 The node then gets causal = 2 and the remaining mask (or none). Its meaning is unchanged.
+
+Encoders build the same tree for bidirectional attention: there the geometry factors hide nothing (they
+evaluate to all true) and are dropped, which leaves the padding mask alone: a key-only mask, what the GPU
+kernels take. A float mask made as `Where(tree, 0, c)` (a constant c) is taken apart the same way and
+rebuilt as `Where(rest, 0, c)`; its causal part moves into the attribute only when c is -inf (any other c
+would give a row that sees no key a different result).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Iterable
@@ -30,7 +37,7 @@ from edgeattn.ops.attention.spec import INPUTS
 from edgeattn.ops.attention.spec import NAME as ATTENTION_NAME
 from edgeattn.ops.dims import canonical_dim
 from edgeattn.ops.spec import DOMAIN, standard_opset
-from edgeattn.graphs.values import dims
+from edgeattn.graphs.values import dims, static_scalar
 
 _MAX_CONE_NODES = 200
 _SMALL = 1 << 16  # initializers larger than this (bytes) are not part of a geometry cone
@@ -40,12 +47,13 @@ _TRIALS = 6
 @dataclass(frozen=True)
 class Factored:
     mask: ir.Value | None  # what stays the mask (None: nothing)
-    new_nodes: tuple[ir.Node, ...]  # And nodes that combine what stays
+    new_nodes: tuple[ir.Node, ...]  # And nodes that combine what stays (and the Where of a float mask)
+    causal: bool  # the geometry factors were lower-right causal (else they hid nothing)
 
 
 def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
-    """Give causal = 2 to every edgeattn node among `ops` (op types) whose boolean mask holds a
-    lower-right causal factor; returns the names of the nodes changed."""
+    """Give causal = 2 to every edgeattn node among `ops` (op types) whose mask holds a lower-right causal
+    factor, and drop geometry factors that hide nothing; returns the names of the nodes changed."""
     wanted = set(ops)
     cache: dict[tuple[int, str, str], Factored | None] = {}
     changed = []
@@ -54,14 +62,14 @@ def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
         if node.domain != DOMAIN or node.op_type not in wanted or len(node.inputs) < 4 or _has_cache(node):
             continue
         mask, query, key = node.inputs[3], node.inputs[0], node.inputs[1]
-        if mask is None or mask.dtype != ir.DataType.BOOL or node.attributes.get_int("causal", 0) != 0:
+        if mask is None or node.attributes.get_int("causal", 0) != 0:
             continue
         if query is None or key is None or query.shape is None or len(query.shape) != 4:
             continue
         lengths = (str(canonical_dim(dims(query)[2])), str(canonical_dim(dims(key)[2])))
         cache_key = (id(mask), *lengths)
         if cache_key not in cache:
-            cache[cache_key] = _factor(model, mask, dims(query)[2], dims(key)[2])
+            cache[cache_key] = _factor_mask(model, mask, dims(query)[2], dims(key)[2])
             if cache[cache_key] is not None and cache[cache_key].new_nodes:
                 graph.insert_before(node, cache[cache_key].new_nodes)
         result = cache[cache_key]
@@ -72,9 +80,37 @@ def factor_causal_masks(model: ir.Model, ops: Iterable[str]) -> list[str]:
         remove_unused([old_mask])
         while node.inputs and node.inputs[-1] is None:
             node.resize_inputs(len(node.inputs) - 1)
-        node.attributes["causal"] = ir.AttrInt64("causal", 2)
+        if result.causal:
+            node.attributes["causal"] = ir.AttrInt64("causal", 2)
         changed.append(node.name or "")
     return changed
+
+
+def _factor_mask(model: ir.Model, mask: ir.Value, q_len: object, kv_len: object) -> Factored | None:
+    """A boolean mask taken apart, or a float `Where(boolean, 0, c)` taken apart and rebuilt; None: kept."""
+    if mask.dtype == ir.DataType.BOOL:
+        return _factor(model, mask, q_len, kv_len)
+    where = mask.producer()
+    if where is None or where.domain not in ("", "ai.onnx") or where.op_type != "Where" or len(where.inputs) != 3:
+        return None
+    condition, kept, hidden = where.inputs
+    if condition is None or condition.dtype != ir.DataType.BOOL or static_scalar(kept) != 0.0:
+        return None
+    fill = static_scalar(hidden)
+    if fill is None:
+        return None
+    result = _factor(model, condition, q_len, kv_len)
+    if result is None or (result.causal and fill != -math.inf):
+        return None
+    if result.mask is None:
+        return result
+    name = f"{mask.name}/edgeattn.key_mask"
+    rebuilt = ir.node("Where", [result.mask, kept, hidden], name=name)
+    rebuilt.outputs[0].name, rebuilt.outputs[0].dtype = name, mask.dtype
+    rest = dims(result.mask)
+    if rest is not None and len(rest) == 4:
+        rebuilt.outputs[0].shape = ir.Shape(rest)
+    return Factored(rebuilt.outputs[0], (*result.new_nodes, rebuilt), result.causal)
 
 
 def _has_cache(node: ir.Node) -> bool:
@@ -102,14 +138,15 @@ def _factor(model: ir.Model, mask: ir.Value, q_len: object, kv_len: object) -> F
         (geometry if _shape_only(factor) is not None else rest).append(factor)
     if not geometry or q_len is None or kv_len is None:
         return None
-    if not all(_lengths_match(f, q_len, kv_len) or _broadcasts(f) for f in geometry):
+    kind = _geometry_kind(geometry, standard_opset(model.opset_imports, 21))
+    if kind is None:
         return None
-    if not any(_lengths_match(f, q_len, kv_len) for f in geometry):
-        return None
-    if not _is_lower_right_causal(geometry, standard_opset(model.opset_imports, 21)):
+    causal = kind == "causal"
+    if causal and not (all(_lengths_match(f, q_len, kv_len) or _broadcasts(f) for f in geometry)
+                       and any(_lengths_match(f, q_len, kv_len) for f in geometry)):
         return None
     if not rest:
-        return Factored(None, ())
+        return Factored(None, (), causal)
     combined, nodes = rest[0], []
     for other in rest[1:]:
         node = ir.node("And", [combined, other], name=f"{mask.name}/edgeattn.uncausal_{len(nodes)}")
@@ -117,7 +154,7 @@ def _factor(model: ir.Model, mask: ir.Value, q_len: object, kv_len: object) -> F
         node.outputs[0].dtype = ir.DataType.BOOL
         nodes.append(node)
         combined = node.outputs[0]
-    return Factored(combined, tuple(nodes))
+    return Factored(combined, tuple(nodes), causal)
 
 
 def _lengths_match(value: ir.Value, q_len: object, kv_len: object) -> bool:
@@ -161,14 +198,17 @@ def _shape_only(value: ir.Value) -> list[ir.Node] | None:
     return cone
 
 
-def _is_lower_right_causal(factors: list[ir.Value], opset: int) -> bool:
-    """Evaluate the And of `factors` with onnxruntime at several symbol assignments."""
+def _geometry_kind(factors: list[ir.Value], opset: int) -> str | None:
+    """"causal" when the And of `factors` is lower-right causal, "all" when it is all true, at several symbol
+    assignments evaluated with onnxruntime; None otherwise."""
     import onnxruntime as ort
 
     cones = [_shape_only(f) for f in factors]
     nodes = {id(n): n for cone in cones for n in (cone or [])}
     order = _topological([n for n in nodes.values()])
     inputs = _shape_inputs(order)
+    if any(dims(value) is None or value.dtype is None for value in inputs):
+        return None  # a shape the probe cannot be fed
     symbols = sorted({d for value in inputs for d in (dims(value) or []) if isinstance(d, str)})
     proto_nodes = [ir.serde.serialize_node(node) for node in order]
     initializers = _initializers(order, factors)
@@ -188,24 +228,31 @@ def _is_lower_right_causal(factors: list[ir.Value], opset: int) -> bool:
         options.log_severity_level = 4
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - anything onnxruntime rejects is simply not proven causal
-        return False
+        return None
     rng = random.Random(0)
     trials = [{s: rng.randint(1, 9) for s in symbols} for _ in range(_TRIALS)]
     trials += [{s: value for s in symbols} for value in (1, 4)]
+    kinds = {"causal", "all"}
     for assignment in trials:
         feeds = {v.name: np.zeros([assignment.get(d, 1) if isinstance(d, str) else (d or 1) for d in dims(v)],
                                   dtype=v.dtype.numpy()) for v in inputs}
         try:
             (result,) = session.run(None, feeds)
         except Exception:  # noqa: BLE001
-            return False
+            return None
+        if not np.all(result):
+            kinds.discard("all")
         if result.ndim < 2:
-            return False
-        q_len, kv_len = result.shape[-2], result.shape[-1]
-        expected = np.arange(kv_len)[None, :] <= np.arange(q_len)[:, None] + kv_len - q_len
-        if not np.array_equal(np.broadcast_to(result, result.shape), np.broadcast_to(expected, result.shape)):
-            return False
-    return True
+            kinds.discard("causal")
+        else:
+            q_len, kv_len = result.shape[-2], result.shape[-1]
+            expected = np.arange(kv_len)[None, :] <= np.arange(q_len)[:, None] + kv_len - q_len
+            if not np.array_equal(result, np.broadcast_to(expected, result.shape)):
+                kinds.discard("causal")
+        if not kinds:
+            return None
+    # both hold only when every trial had one query row: causal is the safe reading (it hides nothing then)
+    return "causal" if "causal" in kinds else "all"
 
 
 def _topological(nodes: list[ir.Node]) -> list[ir.Node]:
@@ -217,10 +264,15 @@ def _topological(nodes: list[ir.Node]) -> list[ir.Node]:
 
 
 def _shape_inputs(nodes: list[ir.Node]) -> list[ir.Value]:
+    """What the probe is fed: the graph inputs the cone reads and the values its Shape nodes read (an
+    encoder reads the shape of its hidden states, not of a graph input); only their shapes matter."""
     found: dict[str, ir.Value] = {}
+    inside = {id(out) for node in nodes for out in node.outputs}
     for node in nodes:
         for value in node.inputs:
-            if value is not None and value.is_graph_input() and value.name:
+            if value is None or not value.name or id(value) in inside:
+                continue
+            if value.is_graph_input() or (node.op_type == "Shape" and value.producer() is not None):
                 found[value.name] = value
     return list(found.values())
 
