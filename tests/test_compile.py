@@ -207,6 +207,8 @@ PLUGIN_CASES: list[tuple[str, str, list, dict[str, Any], list[tuple[str, Any, in
      {"layout": "select", "block_size": 16, "keep": 0.5, "causal": 2}, [("Y", ir.DataType.FLOAT16, 4)]),
     ("block-sparse-window", "BlockSparseAttention", [_h(B, H, S, D16), _h(B, HKV, S, D16), _h(B, HKV, S, D16)],
      {"layout": "window", "window": 16, "sinks": 2, "block_size": 16}, [("Y", ir.DataType.FLOAT16, 4)]),
+    ("block-select", "BlockSelect", [_h(B, H, S, D16), _h(B, HKV, S, D16)], {"block_size": 16, "keep": 0.5,
+     "causal": 2}, [("block_mask", BOOL, 4)]),
     ("token-score-cls", "TokenScore", [_h(B, H, N + 1, D16), _h(B, H, N + 1, D16)], {"source": "cls"},
      [("scores", F, 2)]),
     ("token-select-regions", "TokenSelect", [np.abs(_f(B, N)), _h(B, N + 1, D16)],

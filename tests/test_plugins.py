@@ -238,7 +238,8 @@ def test_nodes_without_a_kernel_say_why() -> None:
     scores, feats = tp.InputView("fp32", (1, 16)), tp.InputView("fp16", (1, 16, 8))
     view = tp.NodeView(get_op("TokenSelect").resolve({"mode": "diversity", "k": 4}), (scores, feats), (0, 1), 2)
     assert "diversity" in get_op("TokenSelect").plugin_def().choose(view)
-    assert get_op("BlockSelect").plugin_def() is None
+    view = tp.NodeView(get_op("BlockSelect").resolve({"causal": 1}), (h16, h16), (0, 1), 1)
+    assert "upper-left" in get_op("BlockSelect").plugin_def().choose(view)
 
 
 # -- every architecture `compile` accepts ------------------------------------------------------------------
@@ -362,3 +363,31 @@ def test_a_mask_that_does_not_broadcast_is_refused_at_launch() -> None:
     for bad in ((2, 1, 1, 11), (3, 1, 1, 12), (2, 1, 12)):
         with pytest.raises(ValueError, match="does not broadcast"):
             key_bias_symbols((0, 1, 2, 3), [q, kv, kv, bad])
+
+
+# -- BlockSelect: the selection kernels with the block mask as the output ----------------------------------------
+
+# (q_len, kv_len, attributes): a KV cache that starts mid-block, a prefill, no causal rule, a decode step
+BLOCK_SELECT_CASES = [
+    (40, 72, {"causal": 2, "block_size": 16, "keep": 0.5}),
+    (48, 48, {"causal": 2, "block_size": 16, "mode": "threshold", "threshold": 0.05, "key_pool": "max"}),
+    (33, 33, {"causal": 0, "block_size": 16, "mode": "cumprob", "cum_prob": 0.7, "group_reduce": "max"}),
+    (1, 50, {"causal": 2, "block_size": 16, "keep": 0.5, "dense_decode": 0}),
+]
+
+
+@pytest.mark.parametrize("case", BLOCK_SELECT_CASES, ids=[str(i) for i in range(len(BLOCK_SELECT_CASES))])
+def test_the_block_select_plugin_launch_equals_the_reference(case: tuple) -> None:
+    q_len, kv_len, attrs = case
+    q, k = _rand(2, 4, q_len, 16, seed=31), _rand(2, 2, kv_len, 16, seed=32)
+    ref = get_op("BlockSelect").reference(q.double(), k.double(), **attrs)
+    definition = get_op("BlockSelect").plugin_def()
+    resolved = get_op("BlockSelect").resolve(attrs)
+    (dims,) = definition.output_dims(resolved, (0, 1))
+    shape = [tp.concrete(d, [tuple(q.shape), tuple(k.shape)]) for d in dims]
+    assert shape == list(ref.shape)  # the plugin's output dims are the reference's block geometry
+    mask = torch.zeros(shape, dtype=torch.bool)
+    assert run_plugin("BlockSelect", attrs, [q, k], [mask]).endswith("maskout")
+    assert torch.equal(mask, ref)
+    if q_len > 1:  # some blocks dropped, some kept: a selection, not a constant
+        assert 0 < int(mask.sum()) < mask.numel()

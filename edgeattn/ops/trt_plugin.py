@@ -64,7 +64,22 @@ class Sub:
     b: "Dim"
 
 
-Dim = In | Const | Sub
+@dataclass(frozen=True)
+class Add:
+    a: "Dim"
+    b: "Dim"
+
+
+@dataclass(frozen=True)
+class Div:
+    """a // b (floor), or ceil(a / b) with `ceil`; for non-negative a and positive b."""
+
+    a: "Dim"
+    b: "Dim"
+    ceil: bool = False
+
+
+Dim = In | Const | Sub | Add | Div
 
 
 def concrete(dim: Dim, shapes: Sequence[Sequence[int]]) -> int:
@@ -73,7 +88,12 @@ def concrete(dim: Dim, shapes: Sequence[Sequence[int]]) -> int:
         return int(shapes[dim.index][dim.axis])
     if isinstance(dim, Const):
         return dim.value
-    return concrete(dim.a, shapes) - concrete(dim.b, shapes)
+    a, b = concrete(dim.a, shapes), concrete(dim.b, shapes)
+    if isinstance(dim, Sub):
+        return a - b
+    if isinstance(dim, Add):
+        return a + b
+    return -(-a // b) if dim.ceil else a // b
 
 
 def expression(dim: Dim, inputs: Sequence[Any], builder: Any, trt: Any) -> Any:
@@ -82,8 +102,9 @@ def expression(dim: Dim, inputs: Sequence[Any], builder: Any, trt: Any) -> Any:
         return inputs[dim.index][dim.axis]
     if isinstance(dim, Const):
         return builder.constant(dim.value)
-    return builder.operation(trt.DimensionOperation.SUB, expression(dim.a, inputs, builder, trt),
-                             expression(dim.b, inputs, builder, trt))
+    ops = trt.DimensionOperation
+    operation = {Sub: ops.SUB, Add: ops.SUM}.get(type(dim)) or (ops.CEIL_DIV if dim.ceil else ops.FLOOR_DIV)
+    return builder.operation(operation, expression(dim.a, inputs, builder, trt), expression(dim.b, inputs, builder, trt))
 
 
 # -- what a node offers a plugin (read from the graph at compile time) ------------------------------------

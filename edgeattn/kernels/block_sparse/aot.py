@@ -63,6 +63,8 @@ class BlockSparseBuild:
     sm_scale: float | None = None
     dense_heads: bool = False
     """Whether a ``DenseHeads`` int32 [Hkv] input marks heads outside the op's ``heads``."""
+    select_only: bool = False
+    """The selection alone (BlockSelect): its block mask ``BlockMask`` is the output, no attention runs."""
     key_bias: bool = False
     """Whether a ``KeyBias`` input ``[B or 1, Lkv]`` (an additive key mask, Q's type) is added to the scores."""
 
@@ -80,6 +82,8 @@ class BlockSparseBuild:
             parts.append("dh")
         if self.key_bias:
             parts.append("kbias")
+        if self.select_only:
+            parts.append("maskout")
         return "_".join(parts)
 
     @property
@@ -159,7 +163,10 @@ def _select(b: BlockSparseBuild) -> tuple[list[KernelParam], dict[str, Any], int
                _i32("budget", budget), _i32("local_blocks", "local_blocks"), _i32("sink_blocks", "sink_blocks"),
                _i32("dense_last_rows", "dense_last_rows"), _i32("dense_decode", "dense_decode")]  # fmt: skip
     params += [_ptr("BlockIdx", "*i32", "output"), _ptr("BlockCount", "*i32", "output")]
-    consts["BlockMask"] = None
+    if b.select_only:
+        params.append(_ptr("BlockMask", "*i8", "output"))
+    else:
+        consts["BlockMask"] = None
     if b.rectify:
         params += [_ptr("RectMass", "*fp32", "output"), _ptr("RectRest", "*fp32", "output")]
     else:
@@ -170,7 +177,7 @@ def _select(b: BlockSparseBuild) -> tuple[list[KernelParam], dict[str, Any], int
         raise AotBuildError(f"{n_kv_blocks} key blocks x group {b.kv_group} exceed the selection tile")
     consts |= {"HEAD_DIM": b.head_dim, "GROUP_P2": cfg.group_p2, "BT": cfg.bt, "NKB_P2": cfg.nkb_p2,
                "MODE": 3 if b.layout == "mask" else _MODES[b.mode], "GROUP_REDUCE": 0 if b.group_reduce == "mean" else 1,
-               "CAUSAL": b.causal > 0, "RECTIFY": b.rectify, "STORE_MASK": False, "USE_DENSE_HEADS": b.dense_heads,
+               "CAUSAL": b.causal > 0, "RECTIFY": b.rectify, "STORE_MASK": b.select_only, "USE_DENSE_HEADS": b.dense_heads,
                "PROBS_IN": rows}  # fmt: skip
     return params, consts, cfg.bt, cfg.num_warps
 
@@ -214,6 +221,8 @@ def _plan(b: BlockSparseBuild) -> list[tuple[str, list[KernelParam], dict[str, A
     """(kernel, params, constexprs, grid, warps, stages) of every launch, in order."""
     if b.layout not in ("select", "mask", "window") or b.causal not in (0, 1, 2):
         raise AotBuildError(f"unknown layout {b.layout!r} or causal {b.causal}")
+    if b.select_only and (b.layout != "select" or b.rectify or b.key_bias):
+        raise AotBuildError("a selection-only build takes layout select, without rectify or a key mask")
     plan = []
     if b.layout != "window":
         if _needs_pool(b):
@@ -226,6 +235,8 @@ def _plan(b: BlockSparseBuild) -> list[tuple[str, list[KernelParam], dict[str, A
             plan.append(("block_row_probs_fwd", p, c, ["nQB", "B*Hq", "1"], warps, 1))
         p, c, bt, warps = _select(b)
         plan.append(("block_select_fwd", p, c, [f"cdiv(nQB,{bt})", "B*Hkv", "1"], warps, 1))
+    if b.select_only:
+        return plan
     p, c, heads, cfg = _attention(b)
     plan.append(("block_sparse_attn_fwd", p, c, ["nQB", f"B*Hq/{heads}", "1"], cfg.num_warps, cfg.num_stages))
     return plan
@@ -256,6 +267,9 @@ def _tensors(b: BlockSparseBuild) -> dict[str, str]:
     if b.dense_heads:
         tensors["DenseHeads"] = "[Hkv] int32, 1 = key/value head outside `heads`"
     tensors |= {"BlockIdx": "[B,Hkv,nQB,nKB] int32 workspace", "BlockCount": "[B,Hkv,nQB] int32 workspace"}
+    if b.select_only:
+        tensors["BlockMask"] = "[B,Hkv,nQB,nKB] bool (the output)"
+        del tensors["Out"]
     return tensors
 
 
