@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
-	EDGEATTN_REQUIRE_ZOO=1 EDGEATTN_REQUIRE_TRT=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	EDGEATTN_REQUIRE_ZOO=1 EDGEATTN_REQUIRE_TRT=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 clean:
 	rm -rf $(VENV) demo-out
