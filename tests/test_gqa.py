@@ -163,6 +163,46 @@ def _info(name: str, shape: list | None, dtype: int = F32) -> onnx.ValueInfoProt
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
+def _caches(pairs: int, dtype: int = F32) -> dict[int, onnx.ValueInfoProto]:
+    """cos_cache and sin_cache inputs [32 positions, pairs] (random values: parity needs no real angles)."""
+    return {7: _info("cos_cache", [32, pairs], dtype), 8: _info("sin_cache", [32, pairs], dtype)}
+
+
+# rotary inside the op: halves (Llama), interleaved pairs (GPT-J), a partial rotary width (Phi), float16
+ROTARY = {
+    "halves": {"extra_inputs": _caches(8)},
+    "interleaved": {"extra_inputs": _caches(8), "rotary_interleaved": 1},
+    "partial-packed": {"extra_inputs": _caches(8), "packed": True, "head_size": 32},  # 16 of 32 channels turn
+    "halves-no-past": {"extra_inputs": _caches(8), "past": False},
+    "float16": {"extra_inputs": _caches(8, TensorProto.FLOAT16), "dtype": TensorProto.FLOAT16},
+}
+
+
+@pytest.mark.parametrize("name", list(ROTARY))
+def test_rotary_inside_the_op_is_written_out_with_parity(name: str) -> None:
+    """Every step (prompt, decode, a chunk after a past) turns Q and K by the angles of positions past .. past + new
+    - 1, as onnxruntime's kernel does; float32 within RTOL_FLOAT32, float16 within RTOL_FLOAT16."""
+    config = ROTARY[name]
+    model = gqa_model(do_rotary=1, **config)
+    rewritten, report = rewrite(model)
+    assert report.refused == () and [r.op for r in report.rewritten] == ["Attention"]
+    (site,) = find_sites(ir.serde.deserialize_model(model)).sites
+    assert "rotary embedding" in site.details["features"]
+    original, ours = session(model), session(ir.serde.serialize_model(rewritten))
+    tolerance = RTOL_FLOAT16 if config.get("dtype") == TensorProto.FLOAT16 else RTOL_FLOAT32
+    for batch, new, past in STEPS:
+        if not config.get("past", True) and past:
+            continue
+        inputs = feeds(model, batch, new, past)
+        expected, got = original.run(None, inputs), ours.run(None, inputs)
+        assert relative_error(expected, got) < tolerance, (name, batch, new, past)
+    # the rotation matters: the same graph without it differs
+    plain = session(gqa_model(**{k: v for k, v in config.items() if k not in ("extra_inputs", "rotary_interleaved")}))
+    inputs = feeds(model, *(STEPS[-1] if config.get("past", True) else STEPS[2]))
+    assert relative_error(plain.run(None, {k: v for k, v in inputs.items() if "cache" not in k}),
+                          ours.run(None, inputs)) > 1e-2
+
+
 def _with_lengths(seqlens: list[int], total: int, **kwargs: Any) -> onnx.ModelProto:
     model = gqa_model(lengths=("seqlens_const", "total_const"), **kwargs)
     model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(seqlens, np.int32), "seqlens_const"),
@@ -185,9 +225,11 @@ def _packed_width(width: int) -> onnx.ModelProto:
 
 
 REFUSALS: dict[str, tuple[Any, str]] = {
-    "rotary": (lambda: gqa_model(do_rotary=1, extra_inputs={7: _info("cos", [32, 8]), 8: _info("sin", [32, 8])}),
-               "the cos_cache input of GroupQueryAttention is not supported"),
-    "rotary-attribute": (lambda: gqa_model(do_rotary=1), "do_rotary (rotary embedding inside the op)"),
+    "rotary-position-ids": (lambda: gqa_model(do_rotary=1, extra_inputs={**_caches(8), 9: _info("pos", [1, 7], I64)}),
+                            "the position_ids input of GroupQueryAttention is not supported"),
+    "rotary-without-caches": (lambda: gqa_model(do_rotary=1), "do_rotary = 1 without the cos_cache and sin_cache"),
+    "caches-without-rotary": (lambda: gqa_model(extra_inputs=_caches(8)), "a cos_cache input without do_rotary = 1"),
+    "rotary-too-wide": (lambda: gqa_model(do_rotary=1, extra_inputs=_caches(9)), "rotary width 2·9 of"),
     "past-without-presents": (lambda: gqa_model(outputs=1), "past without present_key/present_value outputs"),
     "smooth-softmax": (lambda: gqa_model(smooth_softmax=1), "smooth_softmax of GroupQueryAttention is not supported"),
     "qk-output": (lambda: gqa_model(qk_output=1, outputs=4), "the output_qk output (qk_output)"),

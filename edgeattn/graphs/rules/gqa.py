@@ -11,13 +11,19 @@ they are inputs, the rewritten graph checks them at run time: zeros added to Q w
 when they hold, so a padded batch or a shared past/present buffer fails with a broadcasting error instead
 of being computed silently wrong.
 
-Refused, with the reason: rotary embedding inside the op, the windowed cache, quantized caches, Q/K
-normalization, attention bias, head sinks, smooth softmax, the QK output, bidirectional GQA, and any
-attribute or input this rule does not know.
+Rotary embedding inside the op (`do_rotary`, with `cos_cache`/`sin_cache` [max positions, R/2]) is written
+out with standard ops on Q and K before the attention: token i of the call sits at position P + i (P the past
+length, which the length guard above makes every batch entry's), its first R channels of each head rotated
+in halves (`rotary_interleaved = 0`) or in pairs (1), the rest passed through.
+
+Refused, with the reason: position_ids, the windowed cache, quantized caches, Q/K normalization, attention
+bias, head sinks, smooth softmax, the QK output, bidirectional GQA, and any attribute or input this rule does
+not know.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,17 +38,17 @@ OUTPUT_NAMES = ("y", "present_key", "present_value")  # the outputs handled
 PATTERN_OUTPUTS = (*OUTPUT_NAMES, "output_qk")
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 # Inputs 0-6 are handled; these, when given, are refused with their name.
-UNSUPPORTED_INPUTS = {7: "cos_cache", 8: "sin_cache", 9: "position_ids", 10: "attention_bias", 11: "head_sink",
+UNSUPPORTED_INPUTS = {9: "position_ids", 10: "attention_bias", 11: "head_sink",
                       12: "k_scale", 13: "v_scale", 14: "q_norm_weight", 15: "k_norm_weight"}
 # Attributes this rule reads; any other attribute is refused unless it has its "off" value here.
-HANDLED_ATTRIBUTES = {"num_heads", "kv_num_heads", "scale", "softcap", "local_window_size", "causal"}
+HANDLED_ATTRIBUTES = {"num_heads", "kv_num_heads", "scale", "softcap", "local_window_size", "causal", "do_rotary",
+                      "rotary_interleaved"}
 OFF_ATTRIBUTES: dict[str, Any] = {
-    "do_rotary": 0, "qk_output": 0, "smooth_softmax": 0, "sliding_window_cache": 0,
+    "qk_output": 0, "smooth_softmax": 0, "sliding_window_cache": 0,
     "k_quant_type": "NONE", "v_quant_type": "NONE",
-    "rotary_interleaved": None,  # read only with do_rotary (refused)
     "qk_norm_epsilon": None,  # read only with q_norm_weight / k_norm_weight (refused)
 }
-FEATURE_NAMES = {"do_rotary": "do_rotary (rotary embedding inside the op)", "qk_output": "qk_output (the QK output)",
+FEATURE_NAMES = {"qk_output": "qk_output (the QK output)",
                  "smooth_softmax": "smooth_softmax", "sliding_window_cache": "sliding_window_cache (a windowed cache)",
                  "k_quant_type": "a quantized key cache", "v_quant_type": "a quantized value cache"}
 
@@ -82,9 +88,13 @@ class MsGroupQueryAttention(AttentionRule):
         head_size = sizes[0] // q_heads
         scale = _default_scale(node, head_size, zero_is_default=True)
         features = _features(node)
+        rotary = _rotary(node, query, head_size)
         _check_lengths(node, query, seqlens, total, past_key)
+        used = _phrase(past_key is not None, self.outputs, features)
+        if rotary is not None:
+            used = ", ".join(filter(None, [used, f"rotary embedding ({rotary.style}, {rotary.pairs * 2} channels)"]))
         facts = SiteFacts(node, self.dialect, "bs(hd)", q_heads, kv_heads, head_size, "none", 2, scale,
-                          {"packed_qkv": packed, "features": _phrase(past_key is not None, self.outputs, features),
+                          {"packed_qkv": packed, "features": used,
                            "assumes": "seqlens_k + 1 = total_sequence_length = past + new for every batch entry "
                                       "(checked at run time)"})
         attributes = {**attention_attributes(scale, 2, q_heads, kv_heads), **features}
@@ -95,10 +105,15 @@ class MsGroupQueryAttention(AttentionRule):
                 q, k, v = op.Split(query, split, axis=-1, _outputs=3)
             else:
                 q, k, v = query, _input(node, 1), _input(node, 2)
-            q = _length_guard(op, q, k, past_key, seqlens, total, dtype)
             for value, size in ((k, sizes[1]), (v, sizes[2])):
                 if value.shape is None:
                     value.shape = ir.Shape([*(dims(query) or [None, None])[:2], size])
+                value.dtype = value.dtype or dtype
+            if rotary is not None:
+                positions = _positions(op, k, past_key)
+                q = rotary.apply(op, q, positions, q_heads, head_size, sizes[0])
+                k = rotary.apply(op, k, positions, kv_heads, head_size, sizes[1])
+            q = _length_guard(op, q, k, past_key, seqlens, total, dtype)
             return [q, k, v, None, past_key, past_value]
 
         return Plan(facts, attributes, build_inputs, 3, dtype, outputs=self.outputs)
@@ -195,6 +210,85 @@ def _features(node: ir.Node) -> dict[str, Any]:
     if window > 0:
         out["left_window_size"] = int(window) - 1
     return out
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """GroupQueryAttention's rotary embedding: the caches, how many channel pairs of a head turn, and how."""
+
+    cos: ir.Value
+    sin: ir.Value
+    pairs: int  # R / 2: the caches' width
+    interleaved: bool
+
+    @property
+    def style(self) -> str:
+        return "interleaved pairs" if self.interleaved else "halves"
+
+    def apply(self, op: Any, x: ir.Value, positions: ir.Value, heads: int, head_size: int, hidden: int) -> ir.Value:
+        """x [B, S, heads·d] with the first 2·pairs channels of each head rotated by the angle of its position."""
+        def int64(*values: int) -> ir.Value:
+            return op.Constant(value=ir.tensor(np.array(values, np.int64)))
+
+        split = op.Reshape(x, int64(0, 0, heads, head_size))  # [B, S, H, d]
+        cos = op.Unsqueeze(op.Gather(self.cos, positions, axis=0), int64(0, 2))  # [1, S, 1, R/2]
+        sin = op.Unsqueeze(op.Gather(self.sin, positions, axis=0), int64(0, 2))
+        turned, rest = (split, None) if 2 * self.pairs == head_size else \
+            op.Split(split, int64(2 * self.pairs, head_size - 2 * self.pairs), axis=-1, _outputs=2)
+        if self.interleaved:  # channel pairs (2j, 2j + 1)
+            pairs = op.Reshape(turned, int64(0, 0, 0, self.pairs, 2))
+            first, second = op.Split(pairs, int64(1, 1), axis=-1, _outputs=2)
+            first, second = op.Squeeze(first, int64(-1)), op.Squeeze(second, int64(-1))
+            out_first = op.Sub(op.Mul(first, cos), op.Mul(second, sin))
+            out_second = op.Add(op.Mul(second, cos), op.Mul(first, sin))
+            stacked = op.Concat(op.Unsqueeze(out_first, int64(-1)), op.Unsqueeze(out_second, int64(-1)), axis=-1)
+            turned = op.Reshape(stacked, int64(0, 0, 0, 2 * self.pairs))
+        else:  # halves (j, j + R/2)
+            first, second = op.Split(turned, int64(self.pairs, self.pairs), axis=-1, _outputs=2)
+            turned = op.Concat(op.Sub(op.Mul(first, cos), op.Mul(second, sin)),
+                               op.Add(op.Mul(second, cos), op.Mul(first, sin)), axis=-1)
+        whole = turned if rest is None else op.Concat(turned, rest, axis=-1)
+        out = op.Reshape(whole, int64(0, 0, heads * head_size))
+        out.dtype, out.shape = self.cos.dtype, ir.Shape([*(dims(x) or [None, None])[:2], hidden])  # Q's type
+        return out
+
+
+def _rotary(node: ir.Node, query: ir.Value, head_size: int) -> Rotary | None:
+    """The rotary embedding of the node (do_rotary = 1), checked; None without one."""
+    if int_attribute(node, "do_rotary", 0) == 0:
+        for index, name in ((7, "cos_cache"), (8, "sin_cache")):
+            if _input(node, index) is not None:
+                raise Refusal(f"a {name} input without do_rotary = 1 in GroupQueryAttention", node)
+        return None
+    if int_attribute(node, "do_rotary", 0) != 1:
+        raise Refusal(f"do_rotary {int_attribute(node, 'do_rotary', 0)} of GroupQueryAttention is not 0 or 1", node)
+    cos, sin = _input(node, 7), _input(node, 8)
+    if cos is None or sin is None:
+        raise Refusal("do_rotary = 1 without the cos_cache and sin_cache inputs in GroupQueryAttention", node)
+    interleaved = int_attribute(node, "rotary_interleaved", 0)
+    if interleaved not in (0, 1):
+        raise Refusal(f"rotary_interleaved {interleaved} of GroupQueryAttention is not 0 or 1", node)
+    pairs = static_dim(cos, 1)
+    if rank(cos) != 2 or rank(sin) != 2 or pairs is None or static_dim(sin, 1) != pairs:
+        raise Refusal("the cos_cache and sin_cache of GroupQueryAttention are not 2-D [positions, R/2] with one "
+                      "static width", node)
+    if not 0 < 2 * pairs <= head_size:
+        raise Refusal(f"the rotary width 2·{pairs} of GroupQueryAttention is not within the head size {head_size}",
+                      node)
+    if cos.dtype != query.dtype or sin.dtype != query.dtype:
+        raise Refusal("the cos_cache and sin_cache of GroupQueryAttention are not of the query's type", node)
+    return Rotary(cos, sin, pairs, bool(interleaved))
+
+
+def _positions(op: Any, k: ir.Value, past_key: ir.Value | None) -> ir.Value:
+    """[S] int64: the positions P .. P + S - 1 of the call's tokens (P = the past length, 0 without a past)."""
+    def int64(*values: int) -> ir.Value:
+        return op.Constant(value=ir.tensor(np.array(values, np.int64)))
+
+    new = op.Squeeze(op.Shape(k, start=1, end=2), int64(0))
+    start = op.Squeeze(op.Shape(past_key, start=2, end=3), int64(0)) if past_key is not None else \
+        op.Constant(value=ir.tensor(np.array(0, np.int64)))
+    return op.Range(start, op.Add(start, new), op.Constant(value=ir.tensor(np.array(1, np.int64))))
 
 
 def _check_lengths(node: ir.Node, query: ir.Value, seqlens: ir.Value, total: ir.Value,
