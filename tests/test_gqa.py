@@ -1,4 +1,5 @@
-"""onnxruntime's com.microsoft.GroupQueryAttention -> edgeattn.Attention (edgeattn/graphs/rules/gqa.py).
+"""onnxruntime's com.microsoft.GroupQueryAttention -> edgeattn.Attention (edgeattn/graphs/rules/gqa.py), and its
+MultiHeadAttention with a past (edgeattn/graphs/rules/fused.py).
 
 The graphs are built as onnxruntime's model builder writes them: seqlens_k = ReduceSum(attention_mask) - 1
 and total_sequence_length = the mask's length, both int32; a BNSH past (empty at the prompt) and presents.
@@ -264,3 +265,66 @@ def test_each_refusal_names_the_feature(name: str) -> None:
     rewritten, result = rewrite(model)
     assert result.rewritten == () and len(result.refused) == 1
     assert any(n.op_type == "GroupQueryAttention" for n in rewritten.graph)
+
+
+# -- com.microsoft.MultiHeadAttention with a past: the KV cache of onnxruntime's older decoders --------------------
+
+
+def mha_model(heads: int = 4, head_size: int = 8, mask: bool = False, bias: bool = False, outputs: int = 3,
+              **attrs: Any) -> onnx.ModelProto:
+    """One MultiHeadAttention node with 3-D Q, K, V, a BNSH past and its presents (optionally a key padding mask
+    [B, past + new] and the Q/K/V bias)."""
+    hidden = heads * head_size
+    batch, seq, past = "batch_size", "sequence_length", "past_sequence_length"
+    inputs = [_info(n, [batch, seq, hidden]) for n in ("q", "k", "v")]
+    names = ["q", "k", "v", "bias" if bias else "", "key_padding_mask" if mask else "", "", "past_key", "past_value"]
+    if bias:
+        inputs.append(_info("bias", [3 * hidden]))
+    if mask:
+        inputs.append(_info("key_padding_mask", [batch, "total_sequence_length"], I32))
+    inputs += [_info(n, [batch, heads, past, head_size]) for n in ("past_key", "past_value")]
+    present = [batch, heads, "total_sequence_length", head_size]
+    outs = [_info("y", [batch, seq, hidden]), _info("present_key", present), _info("present_value", present)][:outputs]
+    node = helper.make_node("MultiHeadAttention", names, [o.name for o in outs], domain=MS, name="mha",
+                            num_heads=heads, **attrs)
+    graph = helper.make_graph([node], "mha", inputs, outs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
+                             ir_version=10)
+
+
+MHA_VARIANTS: dict[str, dict[str, Any]] = {
+    "bidirectional": {},
+    "unidirectional": {"unidirectional": 1},
+    "unidirectional-mask-bias": {"unidirectional": 1, "mask": True, "bias": True},
+    "scale": {"scale": 0.2, "mask": True},
+}
+
+
+@pytest.mark.parametrize("name", list(MHA_VARIANTS))
+def test_multihead_attention_with_a_past_is_rewritten_with_parity(name: str) -> None:
+    """Against onnxruntime's own kernel (which computes a past correctly when the presents are declared), on the
+    prompt with an empty past, decode steps and chunks; the key padding mask hides the first key of the last
+    batch entry (every row keeps a key)."""
+    config = MHA_VARIANTS[name]
+    model = mha_model(**config)
+    rewritten, report = rewrite(model)
+    assert report.refused == () and [r.op for r in report.rewritten] == ["Attention"]
+    (site,) = find_sites(ir.serde.deserialize_model(model)).sites
+    assert site.causal == (2 if config.get("unidirectional") else 0) and "past_key" in site.details["features"]
+    original, ours = session(model), session(ir.serde.serialize_model(rewritten))
+    for batch, new, past in STEPS:
+        inputs = feeds(model, batch, new, past)
+        if config.get("mask"):
+            inputs["key_padding_mask"] = np.ones((batch, past + new), np.int32)
+            inputs["key_padding_mask"][-1, 0] = 0
+        expected, got = original.run(None, inputs), ours.run(None, inputs)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        assert relative_error(expected, got) < RTOL_FLOAT32, (name, batch, new, past)
+
+
+def test_multihead_attention_pasts_that_onnxruntime_does_not_compute_are_refused() -> None:
+    for model, reason in ((mha_model(outputs=1), "past without present_key/present_value outputs"),
+                          (mha_model(outputs=2), "present_key without present_value")):
+        rewritten, result = rewrite(model)
+        assert result.rewritten == () and any(reason in r for item in result.refused for r in item.reasons), \
+            result.refused

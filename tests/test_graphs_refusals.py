@@ -208,7 +208,8 @@ REFUSALS: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
     "ms-weights-width": (lambda: ms_attention(inputs=["x", "w_in"]), "width of the packed Q/K/V weights is unknown"),
     "ms-present-used": (lambda: ms_attention(outputs=["y", "present"]), "'present' inside the attention is a graph output"),
     "mha-packed-qkv": (lambda: ms_mha(["B", "S", 4, 3, 8], ["q3"]), "packed QKV/KV or 4-D (BNSH)"),
-    "mha-past": (lambda: ms_mha(inputs=["q3", "k3", "v3", "", "", "", "pk", "pv"]), "past_key/past_value/cache inputs"),
+    "mha-past": (lambda: ms_mha(inputs=["q3", "k3", "v3", "", "", "", "pk", "pv"]),
+                 "a MultiHeadAttention past without present_key/present_value outputs"),
     "mha-padding-length": (lambda: ms_mha(inputs=["q3", "k3", "v3", "", "pad"]), "not provably of batch length"),
     "mha-hidden-unknown": (lambda: ms_mha(["B", "S", "H"]), "hidden sizes or element type of MultiHeadAttention are unknown"),
 }

@@ -5,13 +5,13 @@ from __future__ import annotations
 from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts
 from edgeattn.graphs.rules.decomposed import DecomposedAttention
 from edgeattn.graphs.rules.einsum import EinsumAttention
-from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention
+from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention, mha_rules
 from edgeattn.graphs.rules.gqa import gqa_rules
 from edgeattn.graphs.rules.standard import onnx_attention_rules
 
 
 def attention_rules() -> tuple[AttentionRule, ...]:
-    return (*onnx_attention_rules(), MsAttention(), MsMultiHeadAttention(), *gqa_rules(), DecomposedAttention(),
+    return (*onnx_attention_rules(), MsAttention(), *mha_rules(), *gqa_rules(), DecomposedAttention(),
             EinsumAttention())
 
 

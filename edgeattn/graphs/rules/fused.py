@@ -146,20 +146,50 @@ def _combine(op: Any, mask: ir.Value | None, bias: ir.Value | None) -> ir.Value 
     return op.Add(mask, bias)
 
 
+MHA_OUTPUTS = ("y", "present_key", "present_value", "qk")
+
+
 class MsMultiHeadAttention(AttentionRule):
-    """`com.microsoft.MultiHeadAttention` with separate 3-D Q, K, V (onnxruntime's MHA fusion)."""
+    """`com.microsoft.MultiHeadAttention` with separate 3-D Q, K, V (onnxruntime's MHA fusion) and `outputs`
+    declared outputs. A BNSH past (past_key, past_value) with present_key/present_value outputs becomes the
+    KV cache of edgeattn.Attention (present = Concat(past, new keys)); `unidirectional` is causal from the end
+    of the keys (lower-right), as onnxruntime's kernel computes it (measured with a past)."""
 
     dialect = "ms-multihead-attention"
     root = (MS, "MultiHeadAttention")
 
+    def __init__(self, outputs: int = 1) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def may_match(self, node: ir.Node) -> bool:
+        count = len(node.outputs)
+        return (count == self.outputs or (self.outputs == len(MHA_OUTPUTS) and count > self.outputs)) and \
+            super().may_match(node)
+
     def pattern(self, op, query):
-        return op.MultiHeadAttention(query, _domain=MS, _allow_other_inputs=True, _outputs=["y"])
+        return op.MultiHeadAttention(query, _domain=MS, _allow_other_inputs=True,
+                                     _outputs=list(MHA_OUTPUTS[: self.outputs]))
 
     def plan(self, **b: Any) -> Plan:
         node = b["y"].producer()
         query, key, value = b["query"], _input(node, 1), _input(node, 2)
-        if any(_input(node, i) is not None for i in (6, 7, 8, 9)):
-            raise Refusal("past_key/past_value/cache inputs of MultiHeadAttention are not supported", node)
+        past_key, past_value = _input(node, 6), _input(node, 7)
+        if self.outputs == len(MHA_OUTPUTS):
+            raise Refusal("the qk output of MultiHeadAttention is not supported", node)
+        if self.outputs == 2:
+            raise Refusal("present_key without present_value in MultiHeadAttention is not supported", node)
+        if any(_input(node, i) is not None for i in (8, 9)):
+            raise Refusal("past_sequence_length/cache_indirection inputs of MultiHeadAttention (a shared buffer or "
+                          "beam search) are not supported", node)
+        if (past_key is None) != (past_value is None):
+            raise Refusal("past_key and past_value of MultiHeadAttention must be given together", node)
+        if past_key is not None and self.outputs < 3:
+            raise Refusal("a MultiHeadAttention past without present_key/present_value outputs is not supported "
+                          "(onnxruntime's CPU kernel then gives another result)", node)
+        if past_key is None and self.outputs == 3:
+            raise Refusal("present_key/present_value outputs of MultiHeadAttention without a past are not "
+                          "supported", node)
         if key is None or value is None or rank(query) != 3 or rank(key) != 3 or rank(value) != 3:
             raise Refusal("packed QKV/KV or 4-D (BNSH) key/value of MultiHeadAttention are not supported", node)
         hidden, v_hidden = static_dim(query, 2), static_dim(value, 2)
@@ -169,15 +199,28 @@ class MsMultiHeadAttention(AttentionRule):
         heads = _heads(node, "num_heads", hidden)
         _heads(node, "num_heads", v_hidden)
         head_size = hidden // heads
+        for cache, size in ((past_key, head_size), (past_value, v_hidden // heads)):
+            if cache is not None and (rank(cache) != 4 or static_dim(cache, 1) != heads or
+                                      static_dim(cache, 3) != size):
+                raise Refusal(f"the cache '{cache.name}' is not BNSH [B, {heads}, P, {size}]", cache)
         scale = _default_scale(node, head_size, zero_is_default=True)
         causal = 2 if int_attribute(node, "unidirectional", 0) else 0
         filler = float_attribute(node, "mask_filter_value", ORT_MASK_FILTER)
         bias, padding, bias_input = _input(node, 3), _input(node, 4), _input(node, 5)
         mask_builder = _padding_mask_builder(padding, query, dtype, filler, "key_padding_mask", False)
+        details: dict[str, Any] = {"bias": bias is not None, "attention_bias": bias_input is not None}
+        if past_key is not None:
+            details["features"] = "past_key, past_value, present_key, present_value"
         facts = SiteFacts(node, self.dialect, "bs(hd)", heads, heads, head_size,
-                          "none" if padding is None and bias_input is None else "additive", causal, scale,
-                          {"bias": bias is not None, "attention_bias": bias_input is not None})
+                          "none" if padding is None and bias_input is None else "additive", causal, scale, details)
         attributes = attention_attributes(scale, causal, heads, heads, 0)
+
+        def total(op: Any) -> ir.Value:
+            length = _seq_len(op, key)
+            if past_key is None:
+                return length
+            return op.Add(length, op.Gather(op.Shape(past_key), op.Constant(value=ir.tensor(np.array(2, np.int64))),
+                                            axis=0))
 
         def build_inputs(op: Any) -> list[ir.Value | None]:
             q, k, v = query, key, value
@@ -185,7 +228,14 @@ class MsMultiHeadAttention(AttentionRule):
                 split = op.Constant(value=ir.tensor(np.array([hidden, hidden, v_hidden], np.int64)))
                 q_bias, k_bias, v_bias = op.Split(bias, split, axis=0, _outputs=3)
                 q, k, v = op.Add(q, q_bias), op.Add(k, k_bias), op.Add(v, v_bias)
-            mask = _combine(op, mask_builder(op, lambda: _seq_len(op, key)), bias_input)
-            return [q, k, v, mask]
+            mask = _combine(op, mask_builder(op, lambda: total(op)), bias_input)
+            if past_key is None:
+                return [q, k, v, mask]
+            return [q, k, v, mask, past_key, past_value]
 
-        return Plan(facts, attributes, build_inputs, 3, dtype)
+        return Plan(facts, attributes, build_inputs, 3, dtype, outputs=self.outputs)
+
+
+def mha_rules() -> tuple[MsMultiHeadAttention, ...]:
+    """One instance per output count, most outputs first."""
+    return tuple(MsMultiHeadAttention(n) for n in range(len(MHA_OUTPUTS), 0, -1))
