@@ -24,7 +24,8 @@ from edgeattn.cli.common import emit_json, json_option
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The calibrated folder to write.")
 @click.option("--per", type=click.Choice(["layer", "model"]), default="layer", show_default=True,
               help="One value per layer (allocated from measured sensitivities) or one for the model.")
-@click.option("--samples", type=int, default=2, show_default=True, help="Windows per length.")
+@click.option("--samples", type=int, help="Windows per length; default 2 for blasst, 4 for block (a perplexity "
+                                         "bound needs more text than a sparsity goal).")
 @click.option("--max-tokens", type=int,
               help="Longest window (blasst also measures a half and a quarter of it); default 1024 for blasst, "
                    "512 for block, within the model's positions.")
@@ -33,7 +34,7 @@ from edgeattn.cli.common import emit_json, json_option
 @click.option("--force", is_flag=True, help="Replace OUT if it is a folder edgeattn wrote.")
 @json_option
 def calibrate(folder: Path, method: str, target: str, data: str, eval_source: str | None, out: Path, per: str,
-              samples: int, max_tokens: int | None, seed: int, threads: int | None, force: bool, as_json: bool) -> None:
+              samples: int | None, max_tokens: int | None, seed: int, threads: int | None, force: bool, as_json: bool) -> None:
     """Measure FOLDER's decoder on calibration data, choose METHOD's values for the goals, and write
     OUT: the folder with those values in its decoder, calibration.json and calibration.png."""
     from edgeattn.calibrate.api import CalibrationOptions
