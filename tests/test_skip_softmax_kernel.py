@@ -341,3 +341,27 @@ def test_gpu_skip_ablation_script_runs_in_the_interpreter(tmp_path):
         assert row["skip_none_ratio"] == 0.0  # nothing below the threshold
         assert row["skip_all_ratio"] >= row["skip75_ratio"] > 0.0  # toy size: 75 % is already every tile but the first
         assert {"dense_ms", "skip_none_ms", "skip_all_ms", "skip75_ms"} <= set(row)
+
+
+@pytest.mark.parametrize("scale_factor,causal", [(0.0, False), (3.0, True)])
+def test_kernel_key_bias_is_the_op_key_mask(scale_factor: float, causal: bool) -> None:
+    """A key bias [B, Lkv] (a padding mask: -inf on hidden keys) gives the op reference's output with that
+    mask, and the same skipped tiles (float32, IEEE dots: 1e-5)."""
+    from edgeattn.kernels.skip_softmax.ops import skip_softmax_attention
+    from edgeattn.ops.skip_softmax_attention.reference import skip_softmax_reference
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 24, 16, generator=g), torch.randn(2, 2, 40, 16, generator=g), \
+        torch.randn(2, 2, 40, 16, generator=g)
+    keep = torch.ones(2, 40, dtype=torch.bool)
+    keep[0, :5], keep[1, 30:] = False, False
+    bias = torch.where(keep, 0.0, -math.inf)
+    got = skip_softmax_attention(q, k, v, causal=causal, scale_factor=scale_factor, block_m=16, block_n=16,
+                                 key_bias=bias, count_skips=True)
+    want, ratio = skip_softmax_reference(q, k, v, bias[:, None, None, :], causal=2 if causal else 0,
+                                         scale_factor=scale_factor, block_m=16, block_n=16)
+    torch.testing.assert_close(got.out.double(), want.double(), atol=1e-5, rtol=1e-5)
+    assert got.skip_ratio == pytest.approx(float(ratio), abs=1e-6)
+    assert scale_factor == 0.0 or got.skip_ratio > 0  # with a scale factor, tiles really were skipped
+    with pytest.raises(EdgeAttnError, match="key_bias must be a float tensor broadcastable"):
+        skip_softmax_attention(q, k, v, key_bias=bias[:, :39])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgeattn.graphs.rules.base import AttentionRule, Plan, Refusal, SiteFacts
 from edgeattn.graphs.rules.decomposed import DecomposedAttention
 from edgeattn.graphs.rules.einsum import EinsumAttention
-from edgeattn.graphs.rules.fused import MsAttention, MsMultiHeadAttention, mha_rules
+from edgeattn.graphs.rules.fused import MsAttention, mha_rules
 from edgeattn.graphs.rules.gqa import gqa_rules
 from edgeattn.graphs.rules.standard import onnx_attention_rules
 

@@ -98,6 +98,32 @@ class AttentionRule(orp.RewriteRuleClassBase):
         return orp.RewriteRule(self.pattern, self.rewrite, self.check, name=self.name)
 
 
+class FusedOutputsRule(AttentionRule):
+    """A fused op (`root`) whose node declares a number of `output_names` (Y first): one instance per count,
+    `outputs` of them; the instance for all of them also takes longer, malformed nodes (its plan refuses)."""
+
+    output_names: tuple[str, ...] = ("y",)
+
+    def __init__(self, outputs: int = 1) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    @classmethod
+    def instances(cls) -> tuple["FusedOutputsRule", ...]:
+        """One instance per output count, most outputs first."""
+        return tuple(cls(n) for n in range(len(cls.output_names), 0, -1))
+
+    def may_match(self, node: ir.Node) -> bool:
+        count = len(node.outputs)
+        return (count == self.outputs or (self.outputs == len(self.output_names) and count > self.outputs)) and \
+            super().may_match(node)
+
+    def pattern(self, op, query):
+        domain, op_type = self.root
+        return getattr(op, op_type)(query, _domain=domain, _allow_other_inputs=True,
+                                    _outputs=list(self.output_names[: self.outputs]))
+
+
 def _annotate(inputs: list[ir.Value | None], plan: Plan) -> None:
     """Rank and type on new input values, so lowering can choose the function body without inference."""
     for value in inputs[:3]:

@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from edgeattn.graphs.rules.base import (
     AttentionRule,
+    FusedOutputsRule,
     Plan,
     Refusal,
     SiteFacts,
@@ -149,7 +150,7 @@ def _combine(op: Any, mask: ir.Value | None, bias: ir.Value | None) -> ir.Value 
 MHA_OUTPUTS = ("y", "present_key", "present_value", "qk")
 
 
-class MsMultiHeadAttention(AttentionRule):
+class MsMultiHeadAttention(FusedOutputsRule):
     """`com.microsoft.MultiHeadAttention` with separate 3-D Q, K, V (onnxruntime's MHA fusion) and `outputs`
     declared outputs. A BNSH past (past_key, past_value) with present_key/present_value outputs becomes the
     KV cache of edgeattn.Attention (present = Concat(past, new keys)); `unidirectional` is causal from the end
@@ -157,19 +158,7 @@ class MsMultiHeadAttention(AttentionRule):
 
     dialect = "ms-multihead-attention"
     root = (MS, "MultiHeadAttention")
-
-    def __init__(self, outputs: int = 1) -> None:
-        super().__init__()
-        self.outputs = outputs
-
-    def may_match(self, node: ir.Node) -> bool:
-        count = len(node.outputs)
-        return (count == self.outputs or (self.outputs == len(MHA_OUTPUTS) and count > self.outputs)) and \
-            super().may_match(node)
-
-    def pattern(self, op, query):
-        return op.MultiHeadAttention(query, _domain=MS, _allow_other_inputs=True,
-                                     _outputs=list(MHA_OUTPUTS[: self.outputs]))
+    output_names = MHA_OUTPUTS
 
     def plan(self, **b: Any) -> Plan:
         node = b["y"].producer()
@@ -236,6 +225,6 @@ class MsMultiHeadAttention(AttentionRule):
         return Plan(facts, attributes, build_inputs, 3, dtype, outputs=self.outputs)
 
 
-def mha_rules() -> tuple[MsMultiHeadAttention, ...]:
+def mha_rules() -> tuple[FusedOutputsRule, ...]:
     """One instance per output count, most outputs first."""
-    return tuple(MsMultiHeadAttention(n) for n in range(len(MHA_OUTPUTS), 0, -1))
+    return MsMultiHeadAttention.instances()

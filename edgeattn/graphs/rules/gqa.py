@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgeattn.graphs.rules.base import (AttentionRule, Plan, Refusal, SiteFacts, attention_attributes, float_attribute,
-                                        int_attribute)
+from edgeattn.graphs.rules.base import (FusedOutputsRule, Plan, Refusal, SiteFacts, attention_attributes,
+                                        float_attribute, int_attribute)
 from edgeattn.graphs.rules.fused import MS, _default_scale, _heads, _input
 from edgeattn.graphs.values import dims, rank, same_dim, static_array, static_dim
 
@@ -53,25 +53,13 @@ FEATURE_NAMES = {"qk_output": "qk_output (the QK output)",
                  "k_quant_type": "a quantized key cache", "v_quant_type": "a quantized value cache"}
 
 
-class MsGroupQueryAttention(AttentionRule):
+class MsGroupQueryAttention(FusedOutputsRule):
     """`com.microsoft.GroupQueryAttention` with `outputs` declared outputs (1 to 3; the instance for 4, which
     also takes malformed longer nodes, refuses the output_qk output)."""
 
     dialect = "ms-group-query-attention"
     root = (MS, "GroupQueryAttention")
-
-    def __init__(self, outputs: int = 3) -> None:
-        super().__init__()
-        self.outputs = outputs
-
-    def may_match(self, node: ir.Node) -> bool:
-        count = len(node.outputs)
-        return (count == self.outputs or (self.outputs == len(PATTERN_OUTPUTS) and count > self.outputs)) and \
-            super().may_match(node)
-
-    def pattern(self, op, query):
-        return op.GroupQueryAttention(query, _domain=MS, _allow_other_inputs=True,
-                                      _outputs=list(PATTERN_OUTPUTS[: self.outputs]))
+    output_names = PATTERN_OUTPUTS
 
     def plan(self, **b: Any) -> Plan:
         node = b["y"].producer()
@@ -119,9 +107,9 @@ class MsGroupQueryAttention(AttentionRule):
         return Plan(facts, attributes, build_inputs, 3, dtype, outputs=self.outputs)
 
 
-def gqa_rules() -> tuple[MsGroupQueryAttention, ...]:
+def gqa_rules() -> tuple[FusedOutputsRule, ...]:
     """One instance per output count, most outputs first."""
-    return tuple(MsGroupQueryAttention(n) for n in range(len(PATTERN_OUTPUTS), 0, -1))
+    return MsGroupQueryAttention.instances()
 
 
 def _check_supported(node: ir.Node) -> None:
