@@ -190,3 +190,25 @@ def test_aot_checks_shared_memory_and_caps_the_ptx_isa(tmp_path):
     capped = result["capped"]
     assert capped["ptx_version"] == "8.5" and re.search(r"^\.version 8\.5", capped["ptx_head"], re.M)
     assert capped["ptx_target"] == "sm_87" and capped["hidden_params"] == ["global_scratch", "profile_scratch"]
+
+
+def test_two_pass_and_grouped_decode_kernels_build_for_every_target(tmp_path):
+    """The kernels of the designs the GPU benchmark measures against the fused one (two-pass prefill,
+    grouped decode) compile for sm_87/89/90 at d = 128, fit shared memory and do not spill."""
+    script = textwrap.dedent("""
+        import json
+        from edgeattn.kernels.skip_softmax.aot import SkipSoftmaxBuild, candidate_kernels
+        rows = []
+        for arch in (87, 89, 90):
+            for name, k in candidate_kernels(SkipSoftmaxBuild(head_dim=128, scale_factor=10.0), arch).items():
+                rows.append({"arch": arch, "name": name, "kernel": k.kernel, "shared": k.shared_bytes,
+                             "spill": k.spill_bytes, "target": k.target.ptx_target, "ptx_has_entry": k.kernel in k.ptx})
+        print(json.dumps(rows))
+    """)
+    rows = json.loads(run_compiled_python(["-c", script], tmp_path).stdout.strip().splitlines()[-1])
+    assert {(r["arch"], r["name"]) for r in rows} == {(a, n) for a in (87, 89, 90)
+                                                      for n in ("two_pass_votes", "two_pass_attend", "decode_grouped")}
+    for r in rows:
+        assert r["target"] == PTX_TARGET[r["arch"]] and r["ptx_has_entry"]
+        assert 0 < r["shared"] <= SMEM_LIMIT[r["arch"]]
+        assert r["spill"] in (0, None)

@@ -194,6 +194,57 @@ def build(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> 
     }
 
 
+def _params(dtype: str, inputs: Sequence[str], scalars: Sequence[tuple[str, str, bool]],
+            outputs: Sequence[tuple[str, str]]) -> list[KernelParam]:
+    return ([KernelParam(n, f"*{dtype}" if n in "QKV" else "*i32", "input", True) for n in inputs]
+            + [KernelParam(n, "i32", "scalar", div, f) for n, f, div in scalars]
+            + [KernelParam(n, t, "output", True) for n, t in outputs])  # fmt: skip
+
+
+_Q_STRIDES = [("stride_qb", "Hq*Lq*D", True), ("stride_qh", "Lq*D", True), ("stride_qm", "D", True)]
+_KV_STRIDES = [(f"stride_{t}{s}", f, True) for t in "kv" for s, f in (("b", "Hkv*Lkv*D"), ("h", "Lkv*D"), ("n", "D"))]
+_SHAPE = [("num_q_heads", "Hq", False), ("kv_group", "Hq/Hkv", False), ("q_len", "Lq", False),
+          ("kv_len", "Lkv", False)]  # fmt: skip
+
+
+def candidate_kernels(b: SkipSoftmaxBuild, arch: int, *, ptx_version: int | None = None) -> dict[str, Any]:
+    """Compile the kernels of the two other designs measured against the fused one (issue 17):
+    the two-pass prefill (``two_pass.py``: votes, then attention over the kept tiles) and the
+    grouped decode (``decode.py``), for ``b``'s head size, dtype, causality, tiles and scale factor
+    (no key mask, no counts). Not yet launched by the TensorRT plugins: the GPU benchmark decides."""
+    from . import decode, two_pass
+
+    sm_scale = b.sm_scale if b.sm_scale is not None else 1.0 / math.sqrt(b.head_dim)
+    log2_sf = math.log2(b.scale_factor) if b.scale_factor > 0 else 0.0
+    common = {"KeyBias": None, "stride_biasb": 0, "stride_biasn": 0, "HEAD_DIM": b.head_dim, "BLOCK_N": b.block_n,
+              "UPCAST_DOT": False, "KEY_BIAS": False}  # fmt: skip
+    prefill = common | {"BLOCK_M": b.block_m, "CAUSAL": b.causal, "sm_scale": sm_scale}
+    n_kv = ("n_kv_tiles", f"cdiv(Lkv,{b.block_n})", False)
+    cfg = default_config(b.head_dim, b.block_m, b.block_n, decode=False, arch=arch)
+    votes = compile_fitting(
+        two_pass.skip_softmax_tile_votes,
+        _params(b.dtype, "QK", [*_Q_STRIDES, *_KV_STRIDES[:3], *_SHAPE, n_kv], [("TileList", "*i32"), ("TileCount", "*i32")]),
+        prefill | {"log2_scale_factor": log2_sf}, arch, cfg.num_warps, cfg.num_stages, ptx_version)  # fmt: skip
+    out_strides = [("stride_ob", "Hq*Lq*D", True), ("stride_oh", "Lq*D", True), ("stride_om", "D", True)]
+    listed = compile_fitting(
+        two_pass.skip_softmax_attend_listed,
+        _params(b.dtype, ["Q", "K", "V", "TileList", "TileCount"], [*_Q_STRIDES, *_KV_STRIDES, *out_strides, *_SHAPE, n_kv],
+                [("Out", f"*{b.dtype}")]),
+        prefill, arch, cfg.num_warps, cfg.num_stages, ptx_version)  # fmt: skip
+    dcfg = default_config(b.head_dim, 16, b.block_n, decode=True, arch=arch)
+    grouped = compile_fitting(
+        decode.skip_softmax_decode_grouped,
+        _params(b.dtype, "QKV", [("stride_qb", "Hq*D", True), ("stride_qh", "D", True), *_KV_STRIDES,
+                                 ("stride_ob", "Hq*S*D", True), ("stride_oh", "S*D", True), ("stride_os", "D", True),
+                                 ("num_kv_heads", "Hkv", False), ("kv_group", "Hq/Hkv", False), ("kv_len", "Lkv", False),
+                                 ("tiles_per_split", f"cdiv(cdiv(Lkv,{b.block_n}),S)", False)],
+                [("Out", "*fp32"), ("Lse", "*fp32")]),
+        common | {"sm_scale": sm_scale, "log2_scale_factor": log2_sf, "GROUP_ROWS": 16, "USE_SKIP": b.scale_factor > 0,
+                  "STORE_LSE": True, "COUNT_SKIPS": False, "Counts": None},
+        arch, dcfg.num_warps, dcfg.num_stages, ptx_version)  # fmt: skip
+    return {"two_pass_votes": votes, "two_pass_attend": listed, "decode_grouped": grouped}
+
+
 def write(b: SkipSoftmaxBuild, arch: int, out_dir: Path, *, ptx_version: int | None = None) -> Path:
     """Build and write ``<variant>.sm<arch>.json`` plus one ``.ptx`` per kernel; returns the JSON path."""
     return write_build(build(b, arch, ptx_version=ptx_version), b.name, arch, out_dir)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DECODE_MAX_QUERY_ROWS", "KernelConfig", "auto_num_splits", "default_config", "kernel_block_m"]
+__all__ = ["DECODE_MAX_QUERY_ROWS", "MAX_GROUP_ROWS", "KernelConfig", "auto_num_splits", "default_config", "kernel_block_m"]
 
 DECODE_MAX_QUERY_ROWS = 16
 """With ``num_splits=None``, calls with at most this many query rows are split over the KV length."""
+
+MAX_GROUP_ROWS = 64
+"""Largest GQA group the grouped decode kernel stacks into one tile (larger groups run per head)."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,12 @@ class KernelConfig:
     """Where skip mode reads V (dense mode always loads it with K): 0 with K, 1 only for processed
     tiles (skipped tiles save the bandwidth; the load is not prefetched), 2 one tile ahead into
     registers (latency hidden; every visited tile is read)."""
+    two_pass: bool = False
+    """Skip-mode prefill (one split) in two kernels: the skip votes (``QKᵀ`` row maxima only), then
+    attention over the kept tiles (``two_pass.py``). Same skip set, same output."""
+    grouped_decode: bool = False
+    """One-row decode with one program per KV head and split that serves every query head of the
+    GQA group from one read of each K/V tile (``decode.py``). Same skip set, same output."""
 
 
 def default_config(head_dim: int, block_m: int, block_n: int, *, decode: bool, arch: int = 90) -> KernelConfig:

@@ -21,7 +21,7 @@ import torch
 
 from ...errors import EdgeAttnError
 from ..triton_aot import check_interpreter, check_kernel_device, check_tile, last_dim_contiguous, upcast_dot
-from .config import DECODE_MAX_QUERY_ROWS, KernelConfig, auto_num_splits, default_config, kernel_block_m
+from .config import DECODE_MAX_QUERY_ROWS, MAX_GROUP_ROWS, KernelConfig, auto_num_splits, default_config, kernel_block_m
 from .reference import SkipSoftmaxResult, _check_inputs, _ln_lambda, kv_tiles_per_split, visited_tiles
 
 __all__ = ["KernelConfig", "skip_softmax_attention"]
@@ -75,6 +75,35 @@ def _key_bias(bias: torch.Tensor | None, batch: int, kv_len: int,
         raise EdgeAttnError(f"key_bias must be on {device}, got {bias.device}")
     bias = bias.expand(batch, kv_len)
     return bias, (bias.stride(0), bias.stride(1))
+
+
+def _two_pass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+              bias_strides: tuple[int, int], out: torch.Tensor, scalars: tuple[float, float], *, causal: bool,
+              bm: int, block_n: int, upcast: bool, config: KernelConfig) -> torch.Tensor:
+    """Skip votes, then attention over the kept tiles (``two_pass.py``); returns the kept-tile
+    count per (batch x query head, query tile), int32 ``[B * Hq, n_q_tiles]``."""
+    from .two_pass import skip_softmax_attend_listed, skip_softmax_tile_votes
+
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    n_q_tiles, n_kv_tiles = -(-q_len // bm), -(-kv_len // block_n)
+    tiles = torch.empty(batch * q_heads, n_q_tiles, n_kv_tiles, dtype=torch.int32, device=q.device)
+    count = torch.empty(batch * q_heads, n_q_tiles, 2, dtype=torch.int32, device=q.device)
+    grid = (n_q_tiles, batch * q_heads)
+    shape = (q_heads, q_heads // kv_heads, q_len, kv_len, n_kv_tiles)
+    consts = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n, CAUSAL=causal, UPCAST_DOT=upcast,
+                  KEY_BIAS=bias is not None, num_warps=config.num_warps, num_stages=config.num_stages)  # fmt: skip
+    skip_softmax_tile_votes[grid](
+        q, k, bias, *scalars, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        *bias_strides, *shape, tiles, count, **consts,
+    )  # fmt: skip
+    skip_softmax_attend_listed[grid](
+        q, k, v, bias, tiles, count, scalars[0],
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), *bias_strides, out.stride(0), out.stride(1), out.stride(2),
+        *shape, out, **consts,
+    )  # fmt: skip
+    return count[..., 1]
 
 
 def skip_softmax_attention(
@@ -141,23 +170,48 @@ def skip_softmax_attention(
 
     kernels = _kernels(dev)
     use_skip = ln_lambda != -math.inf
+    upcast = upcast_dot(q.dtype, kernels.skip_softmax_attn_fwd)
+    scalars = (sm_scale, math.log2(scale_factor) if use_skip else 0.0)
     with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
-        kernels.skip_softmax_attn_fwd[(n_q_tiles, batch * q_heads, splits)](
-            q, k, v, bias_arg,
-            sm_scale, math.log2(scale_factor) if use_skip else 0.0,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            *bias_strides,
-            *o_strides,
-            q_heads, q_heads // kv_heads, q_len, kv_len, per_split,
-            target, lse, counts,
-            HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
-            CAUSAL=bool(causal), USE_SKIP=use_skip, V_LOAD=config.v_load,
-            STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
-            UPCAST_DOT=upcast_dot(q.dtype, kernels.skip_softmax_attn_fwd), KEY_BIAS=bias_arg is not None,
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )  # fmt: skip
+        if config.grouped_decode and q_len == 1 and q_heads // kv_heads <= MAX_GROUP_ROWS:
+            from .decode import skip_softmax_decode_grouped
+
+            group = q_heads // kv_heads
+            skip_softmax_decode_grouped[(batch * kv_heads, splits)](
+                q, k, v, bias_arg, *scalars,
+                q.stride(0), q.stride(1),
+                k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2),
+                *bias_strides, *o_strides[:3],
+                kv_heads, group, kv_len, per_split,
+                target, lse, counts,
+                HEAD_DIM=head_dim, GROUP_ROWS=max(16, 1 << (group - 1).bit_length()), BLOCK_N=block_n,
+                USE_SKIP=use_skip, STORE_LSE=splits > 1, COUNT_SKIPS=count_skips, UPCAST_DOT=upcast,
+                KEY_BIAS=bias_arg is not None, num_warps=config.num_warps, num_stages=config.num_stages,
+            )  # fmt: skip
+        elif config.two_pass and use_skip and splits == 1:
+            kept = _two_pass(q, k, v, bias_arg, bias_strides, out, scalars, causal=bool(causal), bm=bm,
+                             block_n=block_n, upcast=upcast, config=config)  # fmt: skip
+            if count_skips:
+                visited = visited_tiles(q_len, kv_len, causal=causal, block_m=bm, block_n=block_n, device=dev)
+                counts[..., 1] = visited.to(torch.int32)
+                counts[..., 0] = visited.to(torch.int32) - kept.reshape(batch * q_heads, 1, n_q_tiles)
+        else:
+            kernels.skip_softmax_attn_fwd[(n_q_tiles, batch * q_heads, splits)](
+                q, k, v, bias_arg, *scalars,
+                q.stride(0), q.stride(1), q.stride(2),
+                k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2),
+                *bias_strides,
+                *o_strides,
+                q_heads, q_heads // kv_heads, q_len, kv_len, per_split,
+                target, lse, counts,
+                HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=block_n,
+                CAUSAL=bool(causal), USE_SKIP=use_skip, V_LOAD=config.v_load,
+                STORE_LSE=splits > 1, COUNT_SKIPS=count_skips,
+                UPCAST_DOT=upcast, KEY_BIAS=bias_arg is not None,
+                num_warps=config.num_warps, num_stages=config.num_stages,
+            )  # fmt: skip
         if splits > 1:
             rows = min(4, 1 << (q_len - 1).bit_length())  # one row per program for decode
             kernels.skip_softmax_merge_splits[(-(-q_len // rows), batch * q_heads)](
