@@ -145,19 +145,67 @@ def test_inspect_reports_the_site_and_its_features() -> None:
                                        "left_window_size = 2"
 
 
-def test_unequal_lengths_fail_at_run_time_instead_of_computing_wrongly() -> None:
+def padded_feeds(model: onnx.ModelProto, new: int, past: int, valid: list[int], seed: int = 0) -> dict:
+    """Right-padded sequences as onnxruntime's kernel reads them: sequence b holds `valid[b]` tokens (its past
+    and new ones), the model builder's attention mask has ones there and zeros after."""
+    inputs = feeds(model, len(valid), new, past, seed)
+    inputs["attention_mask"] = (np.arange(past + new)[None, :] < np.array(valid)[:, None]).astype(np.int64)
+    return inputs
+
+
+def compare_padded(model: onnx.ModelProto, inputs: dict, rtol: float = RTOL_FLOAT32) -> None:
+    """Every output of the rewritten graph equals onnxruntime's, Y on the rows it defines (a sequence's
+    queries up to its last token; its kernel leaves the padding rows' scores unwritten)."""
+    rewritten, report = rewrite(model)
+    assert report.refused == () and [r.op for r in report.rewritten] == ["Attention"]
+    expected = session(model).run(None, inputs)
+    got = session(ir.serde.serialize_model(rewritten)).run(None, inputs)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    new = expected[0].shape[1]
+    valid = inputs["attention_mask"].sum(1) if "attention_mask" in inputs else None
+    first = new > 1 and valid is not None and inputs["attention_mask"].shape[1] == new
+    for b in range(expected[0].shape[0]):
+        rows = int(valid[b]) if first else new
+        assert relative_error([expected[0][b, :rows]], [got[0][b, :rows]]) < rtol, b
+    assert relative_error(expected[1:], got[1:]) < rtol
+
+
+@pytest.mark.parametrize("config", [{}, {"packed": True, "softcap": 2.0}, {"local_window_size": 3},
+                                    {"rotary": True}, {"rotary": True, "local_window_size": 2}],
+                         ids=["gqa-8-2", "packed-softcap", "local-window", "rotary", "rotary-window"])
+def test_padded_batches_follow_onnxruntime(config: dict[str, Any]) -> None:
+    """A batch of right-padded sequences at the prompt and at decode steps: the new keys go to each sequence's
+    own end of the cache, each query sees its own sequence (and rotary turns by its own positions)."""
+    config = dict(config)
+    if config.pop("rotary", False):
+        config |= {"extra_inputs": _caches(8), "do_rotary": 1}
+    model = gqa_model(**config)
+    compare_padded(model, padded_feeds(model, 7, 0, [7, 5, 3]))  # the prompt
+    compare_padded(model, padded_feeds(model, 1, 6, [7, 4, 2]))  # a decode step: new keys at 6, 3 and 1
+    compare_padded(model, padded_feeds(model, 1, 6, [7, 7, 7]))  # nothing padded: present = Concat(past, new)
+
+
+@pytest.mark.parametrize("seqlens,total,past_len", [([9], 10, 16), ([9, 3], 10, 16)],
+                         ids=["static-cache", "static-cache-padded"])
+def test_cache_buffers_longer_than_the_sequences_follow_onnxruntime(seqlens: list[int], total: int,
+                                                                     past_len: int) -> None:
+    """A static cache (a buffer longer than the sequences, as with a shared past/present buffer; onnxruntime
+    takes total_sequence_length <= its length): present keeps the buffer's length, the new key at seqlens_k,
+    zeros after it."""
+    model = _shapes(_with_lengths(seqlens, total, past_len=past_len), sequence_length=1, batch_size=len(seqlens))
+    compare_padded(model, feeds(model, len(seqlens), 1, past_len))  # (the unread attention_mask is fed too)
+
+
+def test_a_chunk_ending_before_the_total_length_fails_at_run_time() -> None:
+    """A chunk after a past (batch 1) whose last token is not the sequence's last: the one case the key mask
+    and the lower-right causal mask cannot place; the rewritten graph stops with a broadcasting error."""
     model = gqa_model()
-    rewritten, _ = rewrite(model)
-    ours = session(ir.serde.serialize_model(rewritten))
-    padded = feeds(model, 2, 1, 6)
-    padded["attention_mask"][1, :2] = 0  # the second sequence is 2 tokens shorter
-    session(model).run(None, padded)  # onnxruntime's kernel takes it (with its own padding semantics)
+    ours = session(ir.serde.serialize_model(rewrite(model)[0]))
+    inputs = padded_feeds(model, 3, 5, [7])  # seqlens_k + 1 = 7, total_sequence_length = 8
+    session(model).run(None, inputs)  # onnxruntime's kernel takes it
     with pytest.raises(Exception, match="broadcast"):
-        ours.run(None, padded)
-    longer = feeds(model, 1, 1, 6)
-    longer["attention_mask"] = np.ones((1, 10), np.int64)  # total_sequence_length is not past + new
-    with pytest.raises(Exception, match="broadcast"):
-        ours.run(None, longer)
+        ours.run(None, inputs)
+    compare_padded(model, padded_feeds(model, 3, 5, [8]))  # the same chunk ending at the total length
 
 
 def _info(name: str, shape: list | None, dtype: int = F32) -> onnx.ValueInfoProto:
@@ -242,12 +290,6 @@ REFUSALS: dict[str, tuple[Any, str]] = {
     "unknown-attribute": (lambda: gqa_model(mystery=1), "the attribute mystery of GroupQueryAttention"),
     "bidirectional": (lambda: gqa_model(causal=0), "bidirectional GroupQueryAttention (causal = 0)"),
     "window-zero": (lambda: gqa_model(local_window_size=0), "local_window_size 0 is neither"),
-    "padded-seqlens": (lambda: _with_lengths([4, 6], 7, past=False),
-                       "seqlens_k [4, 6] varies across the batch (padding)"),
-    "shared-buffer": (lambda: _shapes(_with_lengths([9], 10, past_len=16), sequence_length=1),
-                      "seqlens_k + 1 = 10 is not past + new = 17 (a shared past/present buffer or padding)"),
-    "total-not-past-plus-new": (lambda: _shapes(_with_lengths([6], 10, past_len=6), sequence_length=1),
-                                "total_sequence_length 10 is not past + new = 7"),
     "packed-width": (lambda: _packed_width(150), "the packed QKV width 150 is unknown or not a multiple of"),
     "integer-query": (lambda: gqa_model(dtype=TensorProto.INT32), "the element type of the query is INT32"),
     "heads-not-grouped": (lambda: gqa_model(heads=6, kv_heads=4, head_size=8), "do not agree"),
@@ -328,3 +370,28 @@ def test_multihead_attention_pasts_that_onnxruntime_does_not_compute_are_refused
         rewritten, result = rewrite(model)
         assert result.rewritten == () and any(reason in r for item in result.refused for r in item.reasons), \
             result.refused
+
+
+@pytest.mark.parametrize("flag,op", [("block:keep=1.0,block=4", "BlockSparseAttention"),
+                                     ("blasst:scale_factor=0.000001", "SkipSoftmaxAttention")])
+def test_padded_group_query_attention_is_sparsified_end_to_end(flag: str, op: str) -> None:
+    """The rewritten site (key mask + lower-right causal) is one the sparse ops take: with every block kept,
+    or a threshold nothing reaches, the sparse graph equals onnxruntime's kernel on padded prompts and decode
+    steps; with half the blocks kept it differs (the selection is applied, not dropped)."""
+    from edgeattn.graphs.sparse.api import sparsify
+
+    model = gqa_model(heads=4, kv_heads=2)
+    sparse, report = sparsify(model, [flag])
+    assert [n.op_type for n in sparse.graph if n.domain == "edgeattn"] == [op] and not report.rewrite.refused
+    original, ours = session(model), session(ir.serde.serialize_model(sparse))
+    for inputs in (padded_feeds(model, 9, 0, [9, 6]), padded_feeds(model, 1, 8, [9, 5])):
+        expected, got = original.run(None, inputs), ours.run(None, inputs)
+        rows = inputs["attention_mask"].sum(1) if inputs["attention_mask"].shape[1] == 9 and expected[0].shape[1] > 1 \
+            else [1, 1]
+        for b, n in enumerate(rows):
+            assert relative_error([expected[0][b, :n]], [got[0][b, :n]]) < RTOL_FLOAT32
+        assert relative_error(expected[1:], got[1:]) < RTOL_FLOAT32
+    if op == "BlockSparseAttention":
+        half, _ = sparsify(model, ["block:keep=0.5,block=4"])
+        inputs = padded_feeds(model, 9, 0, [9, 9])
+        assert relative_error(original.run(None, inputs), session(ir.serde.serialize_model(half)).run(None, inputs)) > 1e-2

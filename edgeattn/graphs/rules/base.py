@@ -58,6 +58,8 @@ class Plan:
     dtype: ir.DataType | None  # element type of Q, K, V
     finish: OutputFinisher | None = None  # maps the op's output back to the site's output
     outputs: int = 1  # outputs of the edgeattn node (the pattern's: Y, then the site's others in the op's order)
+    others: Callable[[], list[ir.Value]] | None = None
+    """The site's outputs after Y when build_inputs computes them outside the op (which then has one output)."""
 
 
 class AttentionRule(orp.RewriteRuleClassBase):
@@ -83,9 +85,10 @@ class AttentionRule(orp.RewriteRuleClassBase):
         _annotate(inputs, plan)
         while inputs and inputs[-1] is None:
             inputs.pop()
-        if plan.outputs == 1:
+        if plan.outputs == 1 or plan.others is not None:
             out = op.Attention(*inputs, _domain=EDGEATTN, **plan.attributes)
-            return plan.finish(op, out) if plan.finish is not None else out
+            out = plan.finish(op, out) if plan.finish is not None else out
+            return out if plan.outputs == 1 else [out, *plan.others()[: plan.outputs - 1]]
         first, *others = op.Attention(*inputs, _domain=EDGEATTN, _outputs=plan.outputs, **plan.attributes)
         return [plan.finish(op, first) if plan.finish is not None else first, *others]
 

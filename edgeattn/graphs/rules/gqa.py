@@ -1,20 +1,27 @@
 """onnxruntime's `com.microsoft.GroupQueryAttention`, as its model builder writes it for every LLM: 3-D Q, K, V
-(or Q, K and V packed in one input), a BNSH KV cache whose concatenation happens inside the op, and the
-lengths `seqlens_k` (total length - 1 per batch entry) and `total_sequence_length`.
+(or Q, K and V packed in one input), a BNSH KV cache whose update happens inside the op, and the lengths
+`seqlens_k` (each sequence's total length - 1) and `total_sequence_length`.
 
-The op becomes edgeattn.Attention with past_key/past_value and present_key/present_value (present =
-Concat(past, new) on the sequence axis) and a lower-right causal mask. That is onnxruntime's definition when
-every batch entry holds all its tokens: seqlens_k[b] + 1 = total_sequence_length = P + S (past length plus
-new length), which is what the model builder feeds for batch 1 and for batches of sequences of equal length,
-at the prompt (P = 0) and at each decode step. Where these lengths are constants the rule checks them; where
-they are inputs, the rewritten graph checks them at run time: zeros added to Q whose shape broadcasts only
-when they hold, so a padded batch or a shared past/present buffer fails with a broadcasting error instead
-of being computed silently wrong.
+onnxruntime's definition (its CPU kernel, measured): sequences are right-padded. A call is the first prompt
+when its new length S equals total_sequence_length; then every sequence's new tokens start at 0, otherwise
+at past_b = seqlens_k[b] + 1 - S. present (the cache after the call, max(P, total_sequence_length) long, P
+the past buffer's length) holds the past's first past_b entries, the S new ones at past_b, and zeros after.
+Query i of sequence b sits at past_b + i and sees the keys up to it (and only the last W with
+local_window_size W).
+
+The op becomes standard ops that write present exactly so (Concat(past, new) when nothing is padded), and
+edgeattn.Attention over its first total_sequence_length keys: without a window, a key mask (key j is a key of
+sequence b iff j <= seqlens_k[b]) and the lower-right causal mask, which place query i at past_b + i whenever
+the sequence's last new token is its last token; that is every call onnxruntime runs with a batch > 1 (one
+new token, or the first prompt), and a chunk after a past (batch 1) is checked at run time (zeros added to
+Q whose shape broadcasts only when it holds). With a window, one mask per query row says exactly which keys
+it sees. Rows of padding (queries past a sequence's end) are not defined by onnxruntime (its kernel reads
+scores it never wrote); here they see the keys of their sequence.
 
 Rotary embedding inside the op (`do_rotary`, with `cos_cache`/`sin_cache` [max positions, R/2]) is written
-out with standard ops on Q and K before the attention: token i of the call sits at position P + i (P the past
-length, which the length guard above makes every batch entry's), its first R channels of each head rotated
-in halves (`rotary_interleaved = 0`) or in pairs (1), the rest passed through.
+out with standard ops on Q and K before the attention: new token i of sequence b sits at position past_b + i,
+its first R channels of each head rotated in halves (`rotary_interleaved = 0`) or in pairs (1), the rest
+passed through.
 
 Refused, with the reason: position_ids, the windowed cache, quantized caches, Q/K normalization, attention
 bias, head sinks, smooth softmax, the QK output, bidirectional GQA, and any attribute or input this rule does
@@ -77,15 +84,19 @@ class MsGroupQueryAttention(FusedOutputsRule):
         scale = _default_scale(node, head_size, zero_is_default=True)
         features = _features(node)
         rotary = _rotary(node, query, head_size)
-        _check_lengths(node, query, seqlens, total, past_key)
+        _check_lengths(seqlens, total, node)
         used = _phrase(past_key is not None, self.outputs, features)
         if rotary is not None:
             used = ", ".join(filter(None, [used, f"rotary embedding ({rotary.style}, {rotary.pairs * 2} channels)"]))
-        facts = SiteFacts(node, self.dialect, "bs(hd)", q_heads, kv_heads, head_size, "none", 2, scale,
+        window = int_attribute(node, "local_window_size", -1)
+        facts = SiteFacts(node, self.dialect, "bs(hd)", q_heads, kv_heads, head_size, "bool", 2, scale,
                           {"packed_qkv": packed, "features": used,
-                           "assumes": "seqlens_k + 1 = total_sequence_length = past + new for every batch entry "
-                                      "(checked at run time)"})
-        attributes = {**attention_attributes(scale, 2, q_heads, kv_heads), **features}
+                           "assumes": "right-padded sequences as onnxruntime's kernel reads them; a chunk after a "
+                                      "past ends at total_sequence_length (checked at run time)"})
+        # With a window, each query row's mask holds the causal limit too.
+        attributes = {**attention_attributes(scale, 0 if window > 0 else 2, q_heads, kv_heads),
+                      **{k: v for k, v in features.items() if k != "left_window_size"}}
+        presents: list[ir.Value] = []
 
         def build_inputs(op: Any) -> list[ir.Value | None]:
             if packed:
@@ -97,14 +108,29 @@ class MsGroupQueryAttention(FusedOutputsRule):
                 if value.shape is None:
                     value.shape = ir.Shape([*(dims(query) or [None, None])[:2], size])
                 value.dtype = value.dtype or dtype
+            lengths = _Lengths.of(op, k, past_key, seqlens, total)
             if rotary is not None:
-                positions = _positions(op, k, past_key)
-                q = rotary.apply(op, q, positions, q_heads, head_size, sizes[0])
-                k = rotary.apply(op, k, positions, kv_heads, head_size, sizes[1])
-            q = _length_guard(op, q, k, past_key, seqlens, total, dtype)
-            return [q, k, v, None, past_key, past_value]
+                q = rotary.apply(op, q, lengths.positions, q_heads, head_size, sizes[0])
+                k = rotary.apply(op, k, lengths.positions, kv_heads, head_size, sizes[1])
+            q4, k4, v4 = (_heads_first(op, x, h, head_size, dtype)
+                          for x, h in ((q, q_heads), (k, kv_heads), (v, kv_heads)))
+            presents[:] = [lengths.present(op, past, new, dtype) for past, new in ((past_key, k4), (past_value, v4))]
+            keys, values = (lengths.attended(op, p) for p in presents)
+            if window > 0:
+                mask = lengths.window_mask(op, window)
+            else:
+                mask = lengths.key_mask(op)
+                q4 = lengths.chunk_guard(op, q4, dtype)
+            return [q4, keys, values, mask]
 
-        return Plan(facts, attributes, build_inputs, 3, dtype, outputs=self.outputs)
+        def finish(op: Any, y: ir.Value) -> ir.Value:
+            int64 = op.Constant(value=ir.tensor(np.array([0, 0, sizes[0]], np.int64)))
+            out = op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), int64)
+            out.dtype, out.shape = dtype, ir.Shape([*(dims(query) or [None, None])[:2], sizes[0]])
+            return out
+
+        return Plan(facts, attributes, build_inputs, 4, dtype, finish, outputs=self.outputs,
+                    others=lambda: list(presents))
 
 
 def gqa_rules() -> tuple[FusedOutputsRule, ...]:
@@ -219,8 +245,8 @@ class Rotary:
             return op.Constant(value=ir.tensor(np.array(values, np.int64)))
 
         split = op.Reshape(x, int64(0, 0, heads, head_size))  # [B, S, H, d]
-        cos = op.Unsqueeze(op.Gather(self.cos, positions, axis=0), int64(0, 2))  # [1, S, 1, R/2]
-        sin = op.Unsqueeze(op.Gather(self.sin, positions, axis=0), int64(0, 2))
+        cos = op.Unsqueeze(op.Gather(self.cos, positions, axis=0), int64(2))  # [B, S, 1, R/2]
+        sin = op.Unsqueeze(op.Gather(self.sin, positions, axis=0), int64(2))
         turned, rest = (split, None) if 2 * self.pairs == head_size else \
             op.Split(split, int64(2 * self.pairs, head_size - 2 * self.pairs), axis=-1, _outputs=2)
         if self.interleaved:  # channel pairs (2j, 2j + 1)
@@ -268,60 +294,108 @@ def _rotary(node: ir.Node, query: ir.Value, head_size: int) -> Rotary | None:
     return Rotary(cos, sin, pairs, bool(interleaved))
 
 
-def _positions(op: Any, k: ir.Value, past_key: ir.Value | None) -> ir.Value:
-    """[S] int64: the positions P .. P + S - 1 of the call's tokens (P = the past length, 0 without a past)."""
-    def int64(*values: int) -> ir.Value:
-        return op.Constant(value=ir.tensor(np.array(values, np.int64)))
-
-    new = op.Squeeze(op.Shape(k, start=1, end=2), int64(0))
-    start = op.Squeeze(op.Shape(past_key, start=2, end=3), int64(0)) if past_key is not None else \
-        op.Constant(value=ir.tensor(np.array(0, np.int64)))
-    return op.Range(start, op.Add(start, new), op.Constant(value=ir.tensor(np.array(1, np.int64))))
+def _int64(op: Any, *values: int) -> ir.Value:
+    return op.Constant(value=ir.tensor(np.array(values, np.int64)))
 
 
-def _check_lengths(node: ir.Node, query: ir.Value, seqlens: ir.Value, total: ir.Value,
-                   past_key: ir.Value | None) -> None:
-    """The length inputs' types, and their values where they are constants: every batch entry holds past +
-    new tokens (no padding, no shared buffer)."""
+def _range(op: Any, length: ir.Value) -> ir.Value:
+    """0 .. length - 1 (int64) for a [1] int64 length."""
+    zero, one = (op.Constant(value=ir.tensor(np.array(v, np.int64))) for v in (0, 1))
+    return op.Range(zero, op.Squeeze(length, _int64(op, 0)), one)
+
+
+def _heads_first(op: Any, x: ir.Value, heads: int, head_size: int, dtype: ir.DataType) -> ir.Value:
+    """[B, S, heads·d] -> [B, heads, S, d]."""
+    out = op.Transpose(op.Reshape(x, _int64(op, 0, 0, heads, head_size)), perm=[0, 2, 1, 3])
+    out.dtype, out.shape = dtype, ir.Shape([None, heads, None, head_size])
+    return out
+
+
+@dataclass(frozen=True)
+class _Lengths:
+    """The call's lengths as onnxruntime's kernel reads them (int64 tensors): S new tokens; P, the past buffer's
+    length; total = total_sequence_length; start [B] = past_b (0 at the first prompt, else seqlens_k + 1 - S)."""
+
+    new: ir.Value  # [1]
+    past: ir.Value  # [1]
+    total: ir.Value  # [1]
+    last: ir.Value  # [B]: seqlens_k
+    start: ir.Value  # [B]
+    positions: ir.Value  # [B, S]: start + i, the positions of the new tokens
+
+    @staticmethod
+    def of(op: Any, k: ir.Value, past_key: ir.Value | None, seqlens: ir.Value, total: ir.Value) -> "_Lengths":
+        new = op.Shape(k, start=1, end=2)
+        past = op.Shape(past_key, start=2, end=3) if past_key is not None else _int64(op, 0)
+        total64 = op.Reshape(op.Cast(total, to=ir.DataType.INT64), _int64(op, 1))
+        last = op.Reshape(op.Cast(seqlens, to=ir.DataType.INT64), _int64(op, -1))
+        first_prompt = op.Equal(new, total64)
+        start = op.Where(first_prompt, _int64(op, 0), op.Sub(op.Add(last, _int64(op, 1)), new))
+        steps = _range(op, new)
+        positions = op.Add(op.Unsqueeze(start, _int64(op, 1)), op.Unsqueeze(steps, _int64(op, 0)))
+        return _Lengths(new, past, total64, last, start, positions)
+
+    def present(self, op: Any, past: ir.Value | None, new: ir.Value, dtype: ir.DataType) -> ir.Value:
+        """[B, H, max(P, total), d]: the past's first past_b entries, the new ones at past_b, zeros after."""
+        length = op.Max(self.past, self.total)
+        slots = op.Reshape(_range(op, length), _int64(op, 1, 1, -1, 1))
+        offset = op.Sub(slots, op.Reshape(self.start, _int64(op, -1, 1, 1, 1)))  # [B, 1, T, 1]
+        is_new = op.And(op.GreaterOrEqual(offset, _int64(op, 0)), op.Less(offset, self.new))
+        index = op.Max(op.Min(offset, op.Sub(self.new, _int64(op, 1))), _int64(op, 0))
+        full = op.Concat(op.Shape(new, start=0, end=2), length, op.Shape(new, start=3, end=4), axis=0)
+        gathered = op.GatherElements(new, op.Expand(index, full), axis=2)
+        zero = op.Constant(value=ir.tensor(np.zeros((), dtype.numpy())))
+        if past is None:
+            rest = zero
+        else:
+            pads = op.Concat(_int64(op, 0, 0, 0, 0, 0, 0), op.Sub(length, self.past), _int64(op, 0), axis=0)
+            kept = op.Less(slots, op.Reshape(self.start, _int64(op, -1, 1, 1, 1)))
+            rest = op.Where(kept, op.Pad(past, pads), zero)
+        out = op.Where(is_new, gathered, rest)
+        batch, heads, _, size = dims(new) or [None] * 4
+        out.dtype, out.shape = dtype, ir.Shape([batch, heads, None, size])
+        return out
+
+    def attended(self, op: Any, present: ir.Value) -> ir.Value:
+        """present's first total_sequence_length positions (the keys the queries may see)."""
+        out = op.Slice(present, _int64(op, 0), self.total, _int64(op, 2))
+        out.dtype, out.shape = present.dtype, present.shape
+        return out
+
+    def key_mask(self, op: Any) -> ir.Value:
+        """[B, 1, 1, total] bool: key j belongs to sequence b iff j <= seqlens_k[b]."""
+        keys = _range(op, self.total)
+        mask = op.LessOrEqual(op.Reshape(keys, _int64(op, 1, 1, 1, -1)), op.Reshape(self.last, _int64(op, -1, 1, 1, 1)))
+        mask.dtype = ir.DataType.BOOL
+        return mask
+
+    def window_mask(self, op: Any, window: int) -> ir.Value:
+        """[B, 1, S, total] bool: query i of sequence b (at p = past_b + i) sees the keys p - W + 1 .. p."""
+        keys = op.Reshape(_range(op, self.total), _int64(op, 1, 1, 1, -1))
+        rows = op.Unsqueeze(self.positions, _int64(op, 1, 3))  # [B, 1, S, 1]
+        mask = op.And(op.LessOrEqual(keys, rows), op.Greater(keys, op.Sub(rows, _int64(op, window))))
+        mask.dtype = ir.DataType.BOOL
+        return mask
+
+    def chunk_guard(self, op: Any, q: ir.Value, dtype: ir.DataType) -> ir.Value:
+        """q plus zeros of shape [1, 1, 1, 1 + mismatch·(d + 1)]: q itself unless a chunk after a past (S > 1,
+        not the first prompt) ends before total_sequence_length in some sequence, where the lower-right causal
+        mask would misplace its queries; a broadcasting error at run time then. (A Reshape would not do:
+        onnxruntime merges it with the next one and the check disappears.)"""
+        chunk = op.Cast(op.And(op.Greater(self.new, _int64(op, 1)), op.Not(op.Equal(self.new, self.total))),
+                        to=ir.DataType.INT64)
+        short = op.ReduceMax(op.Abs(op.Sub(op.Add(self.last, _int64(op, 1)), self.total)), keepdims=1)
+        width = op.Add(op.Mul(op.Mul(chunk, short), op.Add(op.Shape(q, start=3, end=4), _int64(op, 1))),
+                       _int64(op, 1))
+        zero = ir.tensor(np.zeros(1, dtype.numpy()))
+        guarded = op.Add(q, op.ConstantOfShape(op.Concat(_int64(op, 1, 1, 1), width, axis=0), value=zero))
+        guarded.dtype, guarded.shape = dtype, q.shape
+        return guarded
+
+
+def _check_lengths(seqlens: ir.Value, total: ir.Value, node: ir.Node) -> None:
     if seqlens.dtype not in (None, ir.DataType.INT32) or total.dtype not in (None, ir.DataType.INT32):
         raise Refusal("seqlens_k and total_sequence_length of GroupQueryAttention must be int32", node)
-    new = static_dim(query, 1)
-    past = 0 if past_key is None else static_dim(past_key, 2)
-    expected = new + past if new is not None and past is not None else None
-    lengths = static_array(seqlens)
-    if lengths is not None and lengths.size and (lengths != lengths.flat[0]).any():
-        raise Refusal(f"seqlens_k {lengths.tolist()} varies across the batch (padding) in GroupQueryAttention; "
-                      "only sequences of equal length are supported", seqlens)
-    if lengths is not None and lengths.size and expected is not None and int(lengths.flat[0]) + 1 != expected:
-        raise Refusal(f"seqlens_k + 1 = {int(lengths.flat[0]) + 1} is not past + new = {expected} (a shared "
-                      "past/present buffer or padding) in GroupQueryAttention", seqlens)
-    stated = static_array(total)
-    if stated is not None and stated.size == 1 and expected is not None and int(stated.reshape(())) != expected:
-        raise Refusal(f"total_sequence_length {int(stated.reshape(()))} is not past + new = {expected} (a shared "
-                      "past/present buffer) in GroupQueryAttention", total)
-
-
-def _length_guard(op: Any, q: ir.Value, k: ir.Value, past_key: ir.Value | None, seqlens: ir.Value,
-                  total: ir.Value, dtype: ir.DataType) -> ir.Value:
-    """Q plus zeros of shape [1, 1, 1 + mismatch · (hidden + 1)]: Q itself when seqlens_k + 1 =
-    total_sequence_length = past + new for every batch entry (mismatch 0), a broadcasting error at run time
-    otherwise. (A Reshape would not do: onnxruntime merges it with the next one and the check disappears.)"""
-    def int64(*values: int) -> ir.Value:
-        return op.Constant(value=ir.tensor(np.array(values, np.int64)))
-
-    length = op.Shape(k, start=1, end=2)
-    if past_key is not None:
-        length = op.Add(length, op.Shape(past_key, start=2, end=3))
-    lengths = op.Add(op.Cast(seqlens, to=ir.DataType.INT64), int64(1))
-    longest = op.ReduceMax(lengths, keepdims=1)
-    spread = op.Sub(longest, op.ReduceMin(lengths, keepdims=1))
-    off_total = op.Abs(op.Sub(op.Reshape(op.Cast(total, to=ir.DataType.INT64), int64(1)), length))
-    mismatch = op.Add(op.Add(spread, off_total), op.Abs(op.Sub(longest, length)))
-    width = op.Add(op.Mul(mismatch, op.Add(op.Shape(q, start=2, end=3), int64(1))), int64(1))
-    zero = ir.tensor(np.zeros(1, dtype.numpy()))
-    guarded = op.Add(q, op.ConstantOfShape(op.Concat(int64(1, 1), width, axis=0), value=zero))
-    guarded.dtype = dtype
-    return guarded
 
 
 def _phrase(cached: bool, outputs: int, features: dict[str, Any]) -> str | None:
