@@ -9,8 +9,8 @@ Encoder and pruning. `zoo:dinov2-s14` is exported once (the validated vision.onn
 `edgeattn export`); every method and budget is the same file pruned by the graph pass (`prune_file`, the
 `export --prune` step), and the kept tokens and their positions are that graph's outputs
 `image_features` and `kept_indices`. The ViT is the same in all 8 x 3 pruned graphs, so it is run once per
-canvas: the pruned graph is split at the values its pruning nodes read (the last layer's Q and K, the
-output tokens, zeroth-order's LayerNorm input): the encoder part runs once, the pruning part of each
+canvas: the pruned graph is split at the values its pruning nodes read (the tapped layer's Q and K,
+the output tokens, zeroth-order's LayerNorm input): the encoder part runs once, the pruning part of each
 graph (its own TokenScore/TokenSelect nodes and bodies, exactly as saved) runs on those values. On the
 first test canvases every full pruned graph is run too and its outputs compared with the split ones
 (`deployed_check` in the JSON: equal indices, tokens equal to 1e-5).
@@ -33,17 +33,30 @@ over the training canvases: every digit appears in every cell there, so the digi
 what is left is the direction that marks cell q's tokens (DINOv2's tokens keep where they are). It is fed
 as `text_embeds` [B, 1, 384]; a trained VLM's text embedding would have to learn this alignment.
 
+Attention layer. The methods whose score reads attention (fastervlm, mean-received, holov, flashvlm's
+[CLS] part, fastervlm+debias, whose recency weights are then fitted on that layer's scores) tap their
+default layer, the last one, or --layer N (`layer=N` in their recipe; a negative N counts from the last).
+zeroth-order, random and uniform read no attention and are built as without --layer. The JSON's
+config says which layer each graph tapped (`attention_layer`, from the pruning pass's report).
+
 Reported: accuracy and its standard error per method and kept fraction (the canvases are the units:
 the standard error is that of the per-canvas mean over its questions), the difference to random with
 the standard error of the paired difference, the all-token ceiling, and diagnostics: the share of kept
 tokens inside the asked cell (all tokens: 1/N^2) and the kept tokens' norm relative to the canvas's
-mean token norm (DINOv2's high-norm artefact tokens are > 1.5).
+mean token norm (DINOv2's high-norm artefact tokens are > 1.5); and the accuracy conditioned on how
+many kept tokens lie inside the asked cell (questions binned 0, 1-3, 4-6, 7-10, 11+; `by_tokens_in_cell`,
+and a table at 1/9): within a bin, methods differ by which tokens they keep; across bins, by how
+unevenly they spread the budget over the cells (random's rows show what the reader makes of a count).
 
 Time on the 2-core machine of the README, shared with other jobs: export and 24 pruned graphs 1 min,
 1600 training canvases through the encoder 14 min, the reader 8 epochs 20 min, 200 test canvases 9 min;
-the encoded training canvases and the reader are cached under --cache (keyed by model, grid and seed).
+the training canvases' tokens and the reader are cached under --cache (keyed by model, grid and seed:
+they do not depend on the layer, so a run with another --layer reuses them), the training canvases'
+[CLS] scores (the debias fit) by the layer tapped too: a new layer passes the training canvases through
+the encoder once more for them.
 
-    python -m benchmarks.pruning_reader [--grid 2|3] [--seed 0] [--train 1600] [--test 200] [--output FILE]
+    python -m benchmarks.pruning_reader [--grid 2|3] [--seed 0] [--train 1600] [--test 200] [--layer N]
+                                        [--output FILE]
 """
 
 from __future__ import annotations
@@ -71,6 +84,7 @@ TEST_SHARE = 0.3
 CHECK_CANVASES = 4  # test canvases on which every full pruned graph is run too
 BATCH = 16
 TAIL_BATCH = 2  # canvases per run of a pruning part: zeroth-order perturbs every token 128 times ([2, 256, 128, 384])
+IN_CELL_BINS = ((0, 0), (1, 3), (4, 6), (7, 10), (11, None))  # kept tokens inside the asked cell (inclusive)
 
 
 @dataclass(frozen=True)
@@ -136,14 +150,23 @@ def patch_cells(grid: int, side: int) -> np.ndarray:
 
 
 # -- the graphs -------------------------------------------------------------------------------------
-def spec_text(method: str, k: int, seed: int, final_norm: str, debias: Path | None) -> str:
+def takes_layer(method: str) -> bool:
+    """Whether the method's score reads attention, i.e. whether `layer=N` changes its graph."""
+    from edgeattn.graphs.pruning.methods import METHODS as RECIPES
+
+    return RECIPES["fastervlm" if method == "fastervlm+debias" else method].uses_attention
+
+
+def spec_text(method: str, k: int, seed: int, final_norm: str, debias: Path | None, layer: int | None = None) -> str:
+    """The pruning recipe of a method; `layer` (None: the method's default) only for methods that read attention."""
+    tapped = f",layer={layer}" if layer is not None and takes_layer(method) else ""
     if method == "fastervlm+debias":
-        return f"fastervlm:{k},debias={debias}"
+        return f"fastervlm:{k},debias={debias}{tapped}"
     if method == "zeroth-order":
         return f"zeroth-order:{k},projector={final_norm}"
     if method == "random":
         return f"random:{k},seed={seed}"
-    return f"{method}:{k}"
+    return f"{method}:{k}{tapped}"
 
 
 def graph_tail(pruned: Path, dest: Path, outputs: list[str]) -> list[str]:
@@ -182,6 +205,7 @@ class Graphs:
         self.tails: dict[tuple[str, str], Any] = {}
         self.boundaries: dict[tuple[str, str], list[str]] = {}
         self.full: dict[tuple[str, str], Path] = {}
+        self.layers: dict[tuple[str, str], int | None] = {}  # the attention layer each graph taps (None: none)
         self.trunks: dict[tuple[str, ...], tuple[Any, list[str]]] = {}
         self.group: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -202,24 +226,26 @@ class Graphs:
 
         full = self.folder / f"pruned_{method}_{self.geo.budget(fraction)}.onnx"
         tail = full.with_name(full.stem + "_tail.onnx")
-        prune_file(self.vision, full, spec)
+        self.layers[method, fraction] = prune_file(self.vision, full, spec).layer
         self.boundaries[method, fraction] = graph_tail(full, tail, ["image_features", "kept_indices"])
         self.tails[method, fraction] = self.session(tail)
         self.full[method, fraction] = full
 
-    def score_tail(self, spec: str) -> tuple[Any, list[str]]:
-        """The TokenScore node of a pruned graph as a model: [CLS] scores from the encoder's values."""
+    def score_tail(self, spec: str) -> tuple[Any, list[str], int]:
+        """The TokenScore node of a pruned graph as a model: [CLS] scores from the encoder's values (and
+        the attention layer they are read at)."""
         import onnx
 
         from edgeattn.graphs.pruning import prune_file
 
         full, tail = self.folder / "score.onnx", self.folder / "score_tail.onnx"
-        prune_file(self.vision, full, spec)
+        layer = prune_file(self.vision, full, spec).layer
+        assert layer is not None, "a [CLS] score reads an attention layer"
         model = onnx.load(str(full), load_external_data=False)
         score = next(n.output[0] for n in model.graph.node if n.op_type == "TokenScore")
         boundary = graph_tail(full, tail, [score])
         full.unlink()
-        return self.session(tail), boundary
+        return self.session(tail), boundary, layer
 
     def build_trunks(self, score: list[str]) -> None:
         """The encoder with the values a pruning part reads as extra outputs: one encoder per set of
@@ -267,24 +293,34 @@ def run_tail(tail: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 # -- features ---------------------------------------------------------------------------------------
-def encode_training(graphs: Graphs, score: tuple[Any, list[str]], images: np.ndarray, cells: np.ndarray,
-                    grid: int, cache: Path) -> dict[str, np.ndarray]:
-    """Output patch tokens (float16) and the fastervlm graph's [CLS] scores of the training canvases."""
-    if cache.is_file():
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
-    tokens, scores = [], []
+def encode_training(graphs: Graphs, score: tuple[Any, list[str], int], images: np.ndarray, cells: np.ndarray,
+                    grid: int) -> dict[str, np.ndarray]:
+    """Output patch tokens (float16) and the fastervlm graph's [CLS] scores of the training canvases,
+    cached apart in the run folder: the tokens for any layer, the scores per attention layer."""
+    paths = {"tokens": graphs.folder / f"train_{len(cells)}.npz",
+             "cls_scores": graphs.folder / f"train_{len(cells)}_cls_layer{score[2]}.npz"}
+    out = {}
+    for name, path in paths.items():
+        if path.is_file():
+            with np.load(path) as data:
+                out[name] = data[name]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in paths if name not in out}
+    if not parts:
+        return out
+    reads = graphs.group["score", ""]
     for start in range(0, len(cells), BATCH):
-        values = graphs.encode(canvas_pixels(images, cells[start : start + BATCH], grid, graphs.geo),
-                               graphs.group["score", ""])[graphs.group["score", ""]]
-        tokens.append(values["image_features"][:, 1:].astype(np.float16))
-        scores.append(run_tail(score[0], feeds_for(score[1], values, None))[0])
+        values = graphs.encode(canvas_pixels(images, cells[start : start + BATCH], grid, graphs.geo), reads)[reads]
+        if "tokens" in parts:
+            parts["tokens"].append(values["image_features"][:, 1:].astype(np.float16))
+        if "cls_scores" in parts:
+            parts["cls_scores"].append(run_tail(score[0], feeds_for(score[1], values, None))[0])
         if start % (BATCH * 25) == 0:
-            print(f"  training canvases {start + len(tokens[-1])}/{len(cells)}", flush=True)
-    out = {"tokens": np.concatenate(tokens), "cls_scores": np.concatenate(scores)}
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(cache)
+            print(f"  training canvases {min(start + BATCH, len(cells))}/{len(cells)} ({', '.join(parts)})", flush=True)
+    for name, chunks in parts.items():
+        out[name] = np.concatenate(chunks)
+        tmp = paths[name].with_suffix(".tmp.npz")
+        np.savez(tmp, **{name: out[name]})
+        tmp.replace(paths[name])
     return out
 
 
@@ -470,17 +506,21 @@ def patch_strokes(images: np.ndarray, cells: np.ndarray, grid: int, side: int) -
     return (canvas[:, pixel][:, :, pixel] >= 8).reshape(len(cells), -1)
 
 
+def asked_hits(kept: dict[str, np.ndarray], grid: int, tokens: int) -> np.ndarray:
+    """[n, Q, k] bool: which kept tokens lie inside the asked cell, for every canvas and question."""
+    cells = patch_cells(grid, math.isqrt(tokens))
+    asked = np.arange(grid * grid)
+    where = cells[kept["indices"]]  # [1 or Q, n, k]
+    if where.shape[0] == 1:
+        return where[0][:, None, :] == asked[None, :, None]
+    return (where == asked[:, None, None]).transpose(1, 0, 2)
+
+
 def diagnostics(kept: dict[str, np.ndarray], dense: np.ndarray, strokes: np.ndarray, grid: int) -> dict[str, float]:
     """Where the kept tokens are: the share inside the asked cell (a method blind to the question keeps
     1/grid² there on average, so also: how often the asked cell keeps no token at all), the share on
     digit strokes, and their norm relative to the canvas's mean token norm (DINOv2's artefact tokens > 1.5)."""
-    cells = patch_cells(grid, math.isqrt(dense.shape[1]))
-    asked = np.arange(grid * grid)
-    where = cells[kept["indices"]]  # [1 or Q, n, k]
-    if where.shape[0] == 1:
-        hits = where[0][:, None, :] == asked[None, :, None]  # [n, Q, k]
-    else:
-        hits = (where == asked[:, None, None]).transpose(1, 0, 2)
+    hits = asked_hits(kept, grid, dense.shape[1])
     norms = np.linalg.norm(dense.astype(np.float32), axis=-1)
     relative = norms / norms.mean(1, keepdims=True)
     kept_rel = np.stack([np.take_along_axis(relative, idx, 1) for idx in kept["indices"]])
@@ -488,6 +528,22 @@ def diagnostics(kept: dict[str, np.ndarray], dense: np.ndarray, strokes: np.ndar
     return {"in_cell_share": round(float(hits.mean()), 4), "asked_cell_empty": round(float((~hits.any(-1)).mean()), 4),
             "stroke_share": round(float(on_strokes.mean()), 4), "relative_norm": round(float(kept_rel.mean()), 3),
             "high_norm_share": round(float((kept_rel > 1.5).mean()), 4)}
+
+
+def by_tokens_in_cell(kept: dict[str, np.ndarray], correct: np.ndarray, grid: int, tokens: int) -> list[dict[str, Any]]:
+    """Accuracy of the questions binned by how many kept tokens lie inside the asked cell (IN_CELL_BINS):
+    per bin the number of questions, their accuracy and its binomial standard error over those questions
+    (questions of one canvas are counted as independent here)."""
+    count = asked_hits(kept, grid, tokens).sum(-1)  # [n, Q]
+    rows = []
+    for low, high in IN_CELL_BINS:
+        inside = (count >= low) & (count <= (count.max() if high is None else high))
+        label = f"{low}+" if high is None else (f"{low}" if low == high else f"{low}-{high}")
+        total = int(inside.sum())
+        rate = float(correct[inside].mean()) if total else None
+        rows.append({"tokens": label, "questions": total, "accuracy": None if rate is None else round(rate, 4),
+                     "stderr": None if rate is None else round(math.sqrt(rate * (1 - rate) / total), 4)})
+    return rows
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -502,17 +558,19 @@ def prepare(grid: int, seed: int, train_count: int, test_count: int) -> dict[str
     return {"images": digits.images, "labels": digits.target, "train": train, "test": test}
 
 
-def build_graphs(graphs: Graphs, seed: int, methods: tuple[str, ...]) -> tuple[Any, list[str]]:
-    """Every pruned graph but the debiased ones (their weights come from the training canvases)."""
+def build_graphs(graphs: Graphs, seed: int, methods: tuple[str, ...], layer: int | None) -> tuple[Any, list[str], int]:
+    """Every pruned graph but the debiased ones (their weights come from the training canvases), and
+    the fastervlm graph's TokenScore part (at `layer`) that scores the training canvases for them."""
     final_norm = graphs.final_norm()
     for method in methods:
         if method != "fastervlm+debias":
             for fraction in FRACTIONS:
-                graphs.add(method, fraction, spec_text(method, graphs.geo.budget(fraction), seed, final_norm, None))
-    return graphs.score_tail(f"fastervlm:{graphs.geo.budget('1/16')}")
+                graphs.add(method, fraction,
+                           spec_text(method, graphs.geo.budget(fraction), seed, final_norm, None, layer))
+    return graphs.score_tail(spec_text("fastervlm", graphs.geo.budget("1/16"), seed, final_norm, None, layer))
 
 
-def build_debiased(graphs: Graphs, scores: np.ndarray, seed: int) -> list[float]:
+def build_debiased(graphs: Graphs, scores: np.ndarray, seed: int, layer: int | None) -> list[float]:
     from edgeattn.graphs.pruning.debias import fit_recency_weights
 
     weights = fit_recency_weights(scores)
@@ -520,7 +578,7 @@ def build_debiased(graphs: Graphs, scores: np.ndarray, seed: int) -> list[float]
     np.save(path, weights)
     for fraction in FRACTIONS:
         graphs.add("fastervlm+debias", fraction,
-                   spec_text("fastervlm+debias", graphs.geo.budget(fraction), seed, "", path))
+                   spec_text("fastervlm+debias", graphs.geo.budget(fraction), seed, "", path, layer))
         graphs.group["fastervlm+debias", fraction] = _reads(graphs.boundaries["fastervlm+debias", fraction])
         assert graphs.group["fastervlm+debias", fraction] in graphs.trunks, "debias reads what fastervlm reads"
     return [round(float(w), 4) for w in weights[::32]]
@@ -557,21 +615,21 @@ def export_encoder(model: str, cache: Path) -> Path:
 
 
 def collect(grid: int, seed: int, train_count: int, test_count: int, cache: Path, threads: int,
-            methods: tuple[str, ...] = METHODS, model: str = MODEL) -> dict[str, Any]:
-    """Graphs, training features, the reader, and every pruned graph's outputs on the test canvases."""
+            methods: tuple[str, ...] = METHODS, model: str = MODEL, layer: int | None = None) -> dict[str, Any]:
+    """Graphs, training features, the reader, and every pruned graph's outputs on the test canvases;
+    `layer`: the attention layer of the methods that read one (None: their default, the last)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     data = prepare(grid, seed, train_count, test_count)
     graphs = Graphs(export_encoder(model, cache), cache / "runs" / f"{model.replace(':', '-')}_grid{grid}_seed{seed}",
                     threads)
-    score = build_graphs(graphs, seed, methods)
+    score = build_graphs(graphs, seed, methods, layer)
     graphs.build_trunks(score[1])
     timings["export_and_prune"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    train = encode_training(graphs, score, data["images"], data["train"], grid,
-                            graphs.folder / f"train_{train_count}.npz")
+    train = encode_training(graphs, score, data["images"], data["train"], grid)
     timings["encode_training"] = time.perf_counter() - clock
-    weights = build_debiased(graphs, train["cls_scores"], seed) if "fastervlm+debias" in methods else None
+    weights = build_debiased(graphs, train["cls_scores"], seed, layer) if "fastervlm+debias" in methods else None
     guide = guidance(train["tokens"], grid)
     clock = time.perf_counter()
     reader, record = reader_for(data, train, grid, seed, graphs.folder)
@@ -582,7 +640,9 @@ def collect(grid: int, seed: int, train_count: int, test_count: int, cache: Path
     config = {"model": model, "grid": grid, "seed": seed, "train_canvases": train_count, "test_canvases": test_count,
               "questions_per_canvas": grid * grid, "tokens": graphs.geo.tokens,
               "budgets": {f: graphs.geo.budget(f) for f in FRACTIONS}, "test_share_of_digits": TEST_SHARE,
-              "debias_weights_every_32nd": weights}
+              "debias_weights_every_32nd": weights, "layer": layer,
+              "attention_layer": {method: graphs.layers[method, "1/9"] for method in methods},
+              "layer_not_applied": {method: "reads no attention" for method in methods if not takes_layer(method)}}
     return {"config": config, "graphs": graphs, "data": data, "guide": guide, "reader": reader, "record": record,
             "dense": dense, "kept": kept, "check": check, "methods": methods, "timings": timings}
 
@@ -597,15 +657,15 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(grid: int, seed: int, train_count: int, test_count: int, cache: Path, threads: int,
-        methods: tuple[str, ...] = METHODS, model: str = MODEL) -> dict[str, Any]:
+        methods: tuple[str, ...] = METHODS, model: str = MODEL, layer: int | None = None) -> dict[str, Any]:
     """The whole benchmark: graphs, training features, the reader, the pruned test features, the scores."""
-    return summarise(collect(grid, seed, train_count, test_count, cache, threads, methods, model))
+    return summarise(collect(grid, seed, train_count, test_count, cache, threads, methods, model, layer))
 
 
 def score_all(reader: Any, data: dict[str, np.ndarray], dense: np.ndarray,
               kept: dict[tuple[str, str], dict[str, np.ndarray]], grid: int, geo: Geometry,
               methods: tuple[str, ...]) -> dict[str, Any]:
-    """{"all_tokens": {...}, method: {fraction: {accuracy, stderr, k, vs_random, diagnostics}}}."""
+    """{"all_tokens": {...}, method: {fraction: {accuracy, stderr, k, vs_random, diagnostics, by_tokens_in_cell}}}."""
     answers = data["labels"][data["test"]]
     everything = {"tokens": dense[None], "indices": np.repeat(np.arange(geo.tokens)[None, None], len(dense), 1)}
     ceiling = answer_all(reader, everything, grid) == answers
@@ -618,18 +678,27 @@ def score_all(reader: Any, data: dict[str, np.ndarray], dense: np.ndarray,
             item = {"k": geo.budget(fraction), **accuracy(correct[method, fraction])}
             if method != "random" and "random" in methods:
                 item["vs_random"] = paired(correct[method, fraction], correct["random", fraction])
-            result[method][fraction] = {**item, **diagnostics(kept[method, fraction], dense, strokes, grid)}
+            result[method][fraction] = {**item, **diagnostics(kept[method, fraction], dense, strokes, grid),
+                                        "by_tokens_in_cell": by_tokens_in_cell(kept[method, fraction],
+                                                                               correct[method, fraction], grid,
+                                                                               geo.tokens)}
     return result
 
 
 def markdown(result: dict[str, Any], info: dict[str, Any], methods: tuple[str, ...], focus: str = "1/9") -> str:
-    """Two tables: accuracy per method and budget; where each method's kept tokens lie at `focus`."""
+    """Three tables: accuracy per method and budget; where each method's kept tokens lie at `focus`; the
+    accuracy at `focus` by the number of kept tokens inside the asked cell."""
     cfg, ceiling = result["config"], result["all_tokens"]
     head = " | ".join(f"{f} (k={k})" for f, k in cfg["budgets"].items())
+    tapped = {method: layer for method, layer in cfg["attention_layer"].items() if layer is not None}
+    indices = ", ".join(str(layer) for layer in sorted(set(tapped.values())))
+    chosen = "the methods' default" if cfg["layer"] is None else f"--layer {cfg['layer']}"
     lines = [
         f"Reader accuracy, {cfg['grid']}x{cfg['grid']} digit canvases (seed {cfg['seed']}, {cfg['test_canvases']} test "
         f"canvases x {cfg['questions_per_canvas']} questions; ± standard error over canvases); in brackets the share "
-        f"of kept tokens inside the asked cell. {info['date']}, {info['cpu']}, {info['cores']} cores.",
+        f"of kept tokens inside the asked cell. Attention layer {indices} ({chosen}) for {', '.join(tapped)}; "
+        f"{', '.join(cfg['layer_not_applied'])} read no attention. {info['date']}, {info['cpu']}, "
+        f"{info['cores']} cores.",
         "",
         f"| method | {head} |",
         "|---|" + "---|" * len(cfg["budgets"]),
@@ -650,6 +719,14 @@ def markdown(result: dict[str, Any], info: dict[str, Any], methods: tuple[str, .
         text = f"{versus['difference']:+.3f} ± {versus['stderr']:.3f}" if versus else ""
         lines.append(f"| {method} | {text} | {row['asked_cell_empty']:.3f} | {row['stroke_share']:.2f} | "
                      f"{row['relative_norm']:.2f} | {row['high_norm_share']:.3f} |")
+    bins = [b["tokens"] for b in result[methods[0]][focus]["by_tokens_in_cell"]]
+    lines += ["", f"At {focus}, accuracy by the number of kept tokens inside the asked cell (in brackets: the "
+              f"questions in that bin, of {cfg['test_canvases'] * cfg['questions_per_canvas']}):", "",
+              "| method | " + " | ".join(bins) + " |", "|---|" + "---|" * len(bins)]
+    for method in methods:
+        cells = [f"{b['accuracy']:.3f} ({b['questions']})" if b["questions"] else "– (0)"
+                 for b in result[method][focus]["by_tokens_in_cell"]]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -659,7 +736,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="digit split, canvases, reader and the random baseline")
     parser.add_argument("--train", type=int, default=1600, help="training canvases")
     parser.add_argument("--test", type=int, default=200, help="test canvases")
-    parser.add_argument("--output", type=Path, help="JSON file (default: benchmarks/results/pruning_reader*.json)")
+    parser.add_argument("--layer", type=int, help="attention layer of the methods that read one (negative: from the "
+                        "last; default: theirs, the last)")
+    parser.add_argument("--output", type=Path, help="JSON file, the markdown beside it "
+                        "(default: benchmarks/results/pruning_reader*.json)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/edgeattn-bench-cache/pruning_reader"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -667,9 +747,10 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     info = machine()
-    result = run(args.grid, args.seed, args.train, args.test, args.cache, args.threads)
+    result = run(args.grid, args.seed, args.train, args.test, args.cache, args.threads, layer=args.layer)
     payload = {"machine": info, **result}
     default = "pruning_reader" if (args.grid, args.seed) == (2, 0) else f"pruning_reader_grid{args.grid}_seed{args.seed}"
+    default += "" if args.layer is None else f"_layer{args.layer}"
     output = args.output or RESULTS / f"{default}.json"
     write_json_at(output, payload)
     text = markdown(result, info, METHODS)

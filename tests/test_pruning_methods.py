@@ -127,6 +127,14 @@ def test_fastervlm_is_the_cls_row_at_the_layer(style):
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_negative_layer_counts_from_the_last():
+    encoder = tiny_encoder()
+    x = tokens_for(encoder)
+    (_, kept), report = run_pruned(encoder, f"fastervlm:{K},layer=-1", x)
+    (_, want), _ = run_pruned(encoder, f"fastervlm:{K}", x)
+    assert report.layer == 0 and kept.tolist() == want.tolist()
+
+
 def test_mean_received_on_an_encoder_without_cls():
     encoder = tiny_encoder(has_cls=False)
     x = tokens_for(encoder)
@@ -244,6 +252,7 @@ def test_bad_specs_are_one_sentence(text, message):
 @pytest.mark.parametrize("spec, message", [
     ("fastervlm:17", "k = 17 is out of range: .* has 16 candidate tokens"),
     ("fastervlm:4,layer=3", "layer 3 is out of range"),
+    ("fastervlm:4,layer=-2", "layer -2 is out of range"),
     ("random:4,debias=w.npy", "debias and padding modify attention scores"),
     ("zeroth-order:4", "needs the projector M"),
 ])

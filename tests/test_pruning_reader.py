@@ -105,6 +105,9 @@ def test_the_run_reports_every_method_and_fraction(tiny, tmp_path):
             assert ("vs_random" in row) == (method != "random")
             if method != "flashvlm":  # blind to the question: on average 1/4 of the kept tokens in the asked cell
                 assert row["in_cell_share"] == pytest.approx(0.25)
+            bins = row["by_tokens_in_cell"]  # every question in exactly one bin of kept tokens in its cell
+            assert sum(b["questions"] for b in bins) == 4 * 4
+    assert data["config"]["attention_layer"]["fastervlm"] == 1 and data["config"]["attention_layer"]["random"] is None
     assert len(data["deployed_check"]) == len(pr.METHODS) * len(pr.FRACTIONS)
     assert data["config"]["budgets"] == {"1/4": 4, "1/9": 2, "1/16": 1}
     assert "| fastervlm |" in pr.markdown(data, {"date": "d", "cpu": "c", "cores": 2}, pr.METHODS)

@@ -37,7 +37,8 @@ class Param:
 
 
 COMMON: dict[str, Param] = {
-    "layer": Param(None, "attention layer to score at (default: the last one)", bounds=(0, MAX_LAYERS - 1)),
+    "layer": Param(None, "attention layer to score at (negative: from the last; default: the last one)",
+                   bounds=(-MAX_LAYERS, MAX_LAYERS - 1)),
     "head_reduce": Param("mean", "how heads are combined", ("mean", "max")),
     "cls": Param("auto", "whether token 0 of the encoder is a [CLS] token", ("auto", 0, 1)),
     "keep_cls": Param(0, "1: the [CLS] token stays first in the pruned output", (0, 1)),
