@@ -158,11 +158,12 @@ def strip_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def einsum_bert(scores_eq: str = "abcd,aecd->acbe", out_eq: str = "acbe,aecd->abcd") -> onnx.ModelProto:
+def einsum_bert(scores_eq: str = "abcd,aecd->acbe", out_eq: str = "acbe,aecd->abcd",
+                scale: float = 1 / np.sqrt(HEAD)) -> onnx.ModelProto:
     """tf2onnx's BERT attention: Q, K, V as [B, S, H, d]; Einsum products; an additive [B, 1, 1, T] mask."""
     b = Builder()
     scores = b.node("Einsum", ["q", "k"], equation=scores_eq)
-    scaled = b.node("Mul", [scores, b.const(1 / np.sqrt(HEAD))])
+    scaled = b.node("Mul", [scores, b.const(scale)])
     masked = b.node("Add", [scaled, "mask"])
     b.node("Einsum", [b.node("Softmax", [masked], axis=-1), "v"], equation=out_eq)
     b.nodes[-1].output[0] = "y"

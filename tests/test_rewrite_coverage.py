@@ -106,6 +106,18 @@ def test_einsum_attention_is_rewritten_and_a_foreign_equation_refused_in_inspect
     assert any(reason in r for r in report.unmatched[0].reasons)
 
 
+@pytest.mark.parametrize("scores_eq,scale", [("aecd,abcd->acbe", 0.5), ("abcd,aecd->acbe", -0.5)],
+                         ids=["key-operand-first", "negative-scale"])
+def test_einsum_with_the_key_first_or_a_negative_scale(scores_eq: str, scale: float) -> None:
+    """onnxruntime's tf2onnx BERT generator writes the key operand first ('aecd,abcd->acbe': the second
+    operand carries the query axis) and a scale of -10000 on it: both are attention, rewritten exactly
+    (a negative scale becomes its magnitude on -Q)."""
+    model = einsum_bert(scores_eq=scores_eq, scale=scale)
+    proto, report = _rewritten(model)
+    assert report.refused == () and len(report.rewritten) == 1
+    assert parity(model, proto, feeds(model)) < RTOL_FLOAT32
+
+
 def test_a_mask_of_unknown_rank_with_heads_in_the_batch() -> None:
     golden = build(Dialect(rank=3, mask="add", mask_dims="bst"))
     model = golden.model

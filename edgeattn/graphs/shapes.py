@@ -9,6 +9,7 @@ already says is kept.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import onnx
@@ -77,6 +78,7 @@ def _symbolic_shapes(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     inference is incomplete it saves `sym_shape_infer_temp.onnx` into the current directory, then
     raises. Here an incomplete inference is None (ONNX's inference is tried instead) and nothing is
     written."""
+    from onnxruntime.tools import symbolic_shape_infer
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
     opset = get_opset(proto)
@@ -84,10 +86,16 @@ def _symbolic_shapes(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         return None
     inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
     complete = False
-    inference._preprocess(proto)
-    while inference.run_:
-        complete = inference._infer_impl()
-    inference._update_output_from_vi()
+    log = symbolic_shape_infer.logger  # its warnings ("Cannot determine if ... < 0") are not the user's business
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        inference._preprocess(proto)
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+    finally:
+        log.setLevel(level)
     return inference.out_mp_ if complete else None
 
 

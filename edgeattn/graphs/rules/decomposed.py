@@ -72,6 +72,9 @@ class DecomposedAttention(AttentionRule):
         head_size = _operand_dim(query, score_rank - 1)
         q_heads, kv_heads = _operand_dim(query, 1), _operand_dim(key, 1)
         scale = qk_scale * q_scale * key_reading.scale
+        # The op takes a scale > 0: a negative one becomes its magnitude on -Q (exact in floating point).
+        negate = math.isfinite(scale) and scale < 0
+        scale = -scale if negate else scale
         kind = mask_kind(terms)
         facts = SiteFacts(
             anchor=softmax,
@@ -90,7 +93,7 @@ class DecomposedAttention(AttentionRule):
         attributes = attention_attributes(scale, causal, *(_op_heads(layout, q_heads, kv_heads)), precision,
                                           zero_nan_rows=1 if b.get("guard") else 0)
         score_dtype = scores.dtype or dtypes[0]
-        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype, out_perm)
+        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype, out_perm, negate)
         return Plan(facts, attributes, build_inputs, 4, dtypes[0] or score_dtype,
                     finish if layout == "(bh)sd" or out_perm is not None else None)
 
@@ -223,13 +226,17 @@ def _dialect(b: dict[str, Any], operand_scale: bool) -> str:
 
 
 def _builders(layout: str, query: Operand, key: Operand, value: Operand, terms: list[MaskTerm], dtype: Any,
-              out_perm: tuple[int, ...] | None = None):
+              out_perm: tuple[int, ...] | None = None, negate_query: bool = False):
     ranks = [rank(term.value) for term in terms]
     mask_rank = None if None in ranks else max(ranks, default=0)
 
     def build_inputs(op: Any) -> list[ir.Value | None]:
         mask = build_mask(op, terms, dtype)
         operands = [query.build(op), key.build(op), value.build(op)]
+        if negate_query:
+            negated = op.Neg(operands[0])
+            negated.dtype, negated.shape = operands[0].dtype, operands[0].shape
+            operands[0] = negated
         if layout == "(bh)sd":
             operands = [_unsqueeze(op, x, 1) for x in operands]
             if mask is not None and mask_rank is None:

@@ -1,7 +1,7 @@
 """Attention written with Einsum (tf2onnx's BERT): `Einsum(q, k) -> [scale, mask] -> Softmax -> Einsum(p, v)`.
 
 The two products must be exactly attention's: the first contracts one letter d of Q [b, h, s, d] and
-K [b, h, t, d] (any order of axes in each operand) into scores [b, h, s, t]; the second contracts t
+K [b, h, t, d] (any order of axes in each operand, and either operand first) into scores [b, h, s, t]; the second contracts t
 of those scores with V [b, h, t, e] into an output of b, h, s, e in any order. The operands are
 transposed to [B, H, S, d] for the op and its output back to the site's order. Anything else (an
 ellipsis, a repeated letter, a product over more axes) is refused with the equation.
@@ -50,10 +50,10 @@ class EinsumAttention(DecomposedAttention):
 
     def operands(self, b: dict[str, Any]) -> tuple[Operand, float, KeyReading, Operand, int, tuple[int, ...] | None]:
         scores_node, out_node = b["scores"].producer(), b["out"].producer()
-        q_perm, k_perm = _scores_equation(scores_node)
+        q_perm, k_perm, swapped = _scores_equation(scores_node)
         v_perm, out_perm = _output_equation(out_node)
-        query, q_scale = peel_scales(b["q_in"])
-        key, k_scale = peel_scales(b["k_in"])
+        query, q_scale = peel_scales(b["k_in"] if swapped else b["q_in"])
+        key, k_scale = peel_scales(b["q_in"] if swapped else b["k_in"])
         key_operand = Operand(key, None if k_perm == _IDENTITY else k_perm)
         return (Operand(query, None if q_perm == _IDENTITY else q_perm), q_scale,
                 KeyReading(key_operand, k_scale, "einsum"), Operand(b["v_in"], None if v_perm == _IDENTITY else v_perm),
@@ -71,15 +71,21 @@ def _equation(node: ir.Node) -> tuple[str, str, str]:
     return operands[0], operands[1], rhs
 
 
-def _scores_equation(node: ir.Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Q and K permutations to [b, h, s, d] and [b, h, t, d] from `X,Y->bhst`."""
+def _scores_equation(node: ir.Node) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+    """Q and K permutations to [b, h, s, d] and [b, h, t, d] from `X,Y->bhst`, and whether the operands
+    come as K, Q (the first one carries the key axis t: tf2onnx's BERT writes `aecd,abcd->acbe`)."""
     x, y, z = _equation(node)
     contracted = (set(x) & set(y)) - set(z)
     b, h, s, t = z
-    if len(contracted) != 1 or set(x) != {b, h, s, *contracted} or set(y) != {b, h, t, *contracted}:
-        raise Refusal(f"the Einsum '{x},{y}->{z}' is not Q·Kᵀ per batch and head (one contracted axis)", node)
-    (d,) = contracted
-    return tuple(x.index(c) for c in (b, h, s, d)), tuple(y.index(c) for c in (b, h, t, d))
+    if len(contracted) == 1:
+        (d,) = contracted
+        if set(x) == {b, h, s, d} and set(y) == {b, h, t, d}:
+            return tuple(x.index(c) for c in (b, h, s, d)), tuple(y.index(c) for c in (b, h, t, d)), False
+        if set(y) == {b, h, s, d} and set(x) == {b, h, t, d}:
+            return tuple(y.index(c) for c in (b, h, s, d)), tuple(x.index(c) for c in (b, h, t, d)), True
+    raise Refusal(f"the Einsum '{x},{y}->{z}' is not scores = Q·Kᵀ per batch and head: its result '{z}' needs "
+                  "one operand with the batch, head and query axes, the other with the batch, head and key axes, "
+                  "and one axis contracted between them", node)
 
 
 def _output_equation(node: ir.Node) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -179,6 +179,9 @@ class MsMultiHeadAttention(FusedOutputsRule):
         if past_key is None and self.outputs == 3:
             raise Refusal("present_key/present_value outputs of MultiHeadAttention without a past are not "
                           "supported", node)
+        if key is not None and value is not None and None in (rank(query), rank(key), rank(value)):
+            raise Refusal("the rank of MultiHeadAttention's query, key or value is unknown (no shape information)",
+                          node)
         if key is None or value is None or rank(query) != 3 or rank(key) != 3 or rank(value) != 3:
             raise Refusal("packed QKV/KV or 4-D (BNSH) key/value of MultiHeadAttention are not supported", node)
         hidden, v_hidden = static_dim(query, 2), static_dim(value, 2)
