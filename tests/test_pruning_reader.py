@@ -73,7 +73,7 @@ def test_the_reader_is_scored_on_what_the_deployed_pruned_graphs_output(tiny, tm
                         or np.zeros(asked.shape, np.int64))
     for method in ("fastervlm", "holov", "flashvlm", "zeroth-order", "random"):
         fraction = "1/4"
-        spec = pr.spec_text(method, graphs.geo.budget(fraction), 0, graphs.final_norm(), None)
+        spec = pr.spec_text(method, graphs.geo.budget(fraction), 0, graphs.final_norm(), None, pr.DEFAULT_LAYER)
         prune_file(graphs.vision, tmp_path / "deployed.onnx", spec)  # afresh: what `export --prune` writes
         session = session_from_onnx(tmp_path / "deployed.onnx")
         seen.clear()
@@ -107,7 +107,8 @@ def test_the_run_reports_every_method_and_fraction(tiny, tmp_path):
                 assert row["in_cell_share"] == pytest.approx(0.25)
             bins = row["by_tokens_in_cell"]  # every question in exactly one bin of kept tokens in its cell
             assert sum(b["questions"] for b in bins) == 4 * 4
-    assert data["config"]["attention_layer"]["fastervlm"] == 1 and data["config"]["attention_layer"]["random"] is None
+    # the default layer, -2: the first of the tiny encoder's two
+    assert data["config"]["attention_layer"]["fastervlm"] == 0 and data["config"]["attention_layer"]["random"] is None
     assert len(data["deployed_check"]) == len(pr.METHODS) * len(pr.FRACTIONS)
     assert data["config"]["budgets"] == {"1/4": 4, "1/9": 2, "1/16": 1}
     assert "| fastervlm |" in pr.markdown(data, {"date": "d", "cpu": "c", "cores": 2}, pr.METHODS)
