@@ -158,6 +158,23 @@ def strip_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def mixed_precision(inputs: int = F32) -> onnx.ModelProto:
+    """Attention exported in mixed precision (onnxruntime's DiT generator with fp16 casts): Q·Kᵀ, the scale
+    and the softmax in float32 (a Cast to float32 right after the product), then P and V cast to float16
+    for P @ V. `inputs` float16: Q, K, V in float16, the scores cast up (softmax in float32)."""
+    b = Builder()
+    product = b.node("MatMul", ["q", b.node("Transpose", ["k"], perm=[0, 1, 3, 2])])
+    scaled = b.node("Mul", [b.node("Cast", [product], to=F32), b.const(1 / np.sqrt(HEAD))])
+    probs = b.node("Cast", [b.node("Softmax", [scaled], axis=-1)], to=TensorProto.FLOAT16)
+    value = b.node("Cast", ["v"], to=TensorProto.FLOAT16) if inputs == F32 else "v"
+    b.node("MatMul", [probs, value])
+    b.nodes[-1].output[0] = "y"
+    shape = ["B", HEADS, "S", HEAD]
+    graph = helper.make_graph(b.nodes, "coverage", [tensor(n, shape, inputs) for n in "qkv"],
+                              [tensor("y", shape, TensorProto.FLOAT16)], b.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def einsum_bert(scores_eq: str = "abcd,aecd->acbe", out_eq: str = "acbe,aecd->abcd",
                 scale: float = 1 / np.sqrt(HEAD)) -> onnx.ModelProto:
     """tf2onnx's BERT attention: Q, K, V as [B, S, H, d]; Einsum products; an additive [B, 1, 1, T] mask."""

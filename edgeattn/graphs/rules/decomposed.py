@@ -35,7 +35,8 @@ class DecomposedAttention(AttentionRule):
     dialect = "decomposed"
 
     def pattern(self, op, q_in, kt_in, v_in, qk_scale, add1, cond1, fill1, add2, cond2, fill2, nan_fill):
-        scores = op.MatMul(q_in, kt_in, _outputs=["scores"])
+        product = op.MatMul(q_in, kt_in, _outputs=["scores"])
+        scores = orp.OrValue([op.Cast(product, _outputs=["score_cast"]), product])  # mixed precision: to float32
         scaled = orp.OrValue(
             [op.Mul(scores, qk_scale), op.Mul(qk_scale, scores), op.Div(scores, qk_scale), scores],
             tag_var="scale_op",
@@ -62,12 +63,15 @@ class DecomposedAttention(AttentionRule):
         terms = _mask_terms(b)
         check_fits(terms, scores)
         causal, terms, causal_from = _causal_terms(terms, scores, softmax)
+        out_type = _mixed_value_type(b)
+        if out_type is not None:  # P @ V in V's lower precision: computed in Q's type, the output cast back
+            b = {**b, "v_in": b["v_in"].producer().inputs[0]}
         query, q_scale, key_reading, value, group, out_perm = self.operands(b)
         key = key_reading.key
         dtypes = (b["q_in"].dtype, b["v_in"].dtype)
         if dtypes[0] is not None and dtypes[1] is not None and dtypes[0] != dtypes[1]:
             raise Refusal(f"the query type {dtypes[0].name} and value type {dtypes[1].name} differ", b["v_in"])
-        precision = _softmax_precision(b.get("pre_cast"), dtypes[0])
+        precision = _softmax_precision(b.get("pre_cast") or _score_cast(b), dtypes[0])
         layout = _layout(score_rank, scores)
         head_size = _operand_dim(query, score_rank - 1)
         q_heads, kv_heads = _operand_dim(query, 1), _operand_dim(key, 1)
@@ -93,9 +97,9 @@ class DecomposedAttention(AttentionRule):
         attributes = attention_attributes(scale, causal, *(_op_heads(layout, q_heads, kv_heads)), precision,
                                           zero_nan_rows=1 if b.get("guard") else 0)
         score_dtype = scores.dtype or dtypes[0]
-        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype, out_perm, negate)
+        build_inputs, finish = _builders(layout, query, key, value, terms, score_dtype, out_perm, negate, out_type)
         return Plan(facts, attributes, build_inputs, 4, dtypes[0] or score_dtype,
-                    finish if layout == "(bh)sd" or out_perm is not None else None)
+                    finish if layout == "(bh)sd" or out_perm is not None or out_type is not None else None)
 
 
     def operands(self, b: dict[str, Any]) -> tuple[Operand, float, KeyReading, Operand, int, tuple[int, ...] | None]:
@@ -188,6 +192,35 @@ def _key_value(key: Operand, value: ir.Value) -> tuple[Operand, ir.Value, int]:
     return Operand(base_key), base_value, group
 
 
+def _score_cast(b: dict[str, Any]) -> ir.Value | None:
+    """The Cast right after Q·Kᵀ, when there is one: to float32 only (the scale and mask then apply in
+    float32, as softmax_precision = 1 computes them)."""
+    cast = b.get("score_cast")
+    if cast is None:
+        return None
+    to = int_attribute(cast.producer(), "to", 0)
+    if to != ir.DataType.FLOAT or b["scores"].dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16,
+                                                           ir.DataType.BFLOAT16) or b.get("pre_cast") is not None:
+        raise Refusal(f"the attention scores are cast to type {to} before the softmax (only a cast to float32 "
+                      "of float scores is taken)", cast)
+    return cast
+
+
+def _mixed_value_type(b: dict[str, Any]) -> ir.DataType | None:
+    """V's type where the site multiplies the probabilities by V cast down from Q's type (a mixed-precision
+    export: Q·Kᵀ and the softmax in float32, P @ V in float16): the op then computes P @ V in Q's type and
+    the output is cast to V's. None when V is not such a Cast."""
+    value, query = b["v_in"], b["q_in"]
+    producer = value.producer()
+    if producer is None or producer.op_type != "Cast" or producer.domain not in ("", "ai.onnx"):
+        return None
+    source = producer.inputs[0]
+    lower = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    if source is None or source.dtype != query.dtype or query.dtype != ir.DataType.FLOAT or value.dtype not in lower:
+        return None
+    return value.dtype
+
+
 def _softmax_precision(pre_cast: ir.Value | None, query_type: ir.DataType | None) -> int:
     """The type a Cast before the Softmax computes it in (0: Q's own type). ONNX Softmax takes floats only."""
     if pre_cast is None:
@@ -226,7 +259,8 @@ def _dialect(b: dict[str, Any], operand_scale: bool) -> str:
 
 
 def _builders(layout: str, query: Operand, key: Operand, value: Operand, terms: list[MaskTerm], dtype: Any,
-              out_perm: tuple[int, ...] | None = None, negate_query: bool = False):
+              out_perm: tuple[int, ...] | None = None, negate_query: bool = False,
+              out_type: ir.DataType | None = None):
     ranks = [rank(term.value) for term in terms]
     mask_rank = None if None in ranks else max(ranks, default=0)
 
@@ -247,10 +281,10 @@ def _builders(layout: str, query: Operand, key: Operand, value: Operand, terms: 
 
     def finish(op: Any, out: ir.Value) -> ir.Value:
         if out_perm is not None:
-            return op.Transpose(out, perm=list(out_perm))
-        if layout != "(bh)sd":
-            return out
-        return op.Squeeze(out, op.Constant(value=ir.tensor(np.array([1], np.int64))))
+            out = op.Transpose(out, perm=list(out_perm))
+        elif layout == "(bh)sd":
+            out = op.Squeeze(out, op.Constant(value=ir.tensor(np.array([1], np.int64))))
+        return out if out_type is None else op.Cast(out, to=out_type)
 
     return build_inputs, finish
 
