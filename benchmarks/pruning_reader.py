@@ -49,8 +49,9 @@ many kept tokens lie inside the asked cell (questions binned 0, 1-3, 4-6, 7-10, 
 and a table at 1/9): within a bin, methods differ by which tokens they keep; across bins, by how
 unevenly they spread the budget over the cells (random's rows show what the reader makes of a count).
 
-Time on the 2-core machine of the README, shared with other jobs: export and 24 pruned graphs 1 min,
-1600 training canvases through the encoder 14 min, the reader 8 epochs 20 min, 200 test canvases 9 min;
+Time on the 2-core machine of the README (2026-12-07, `seconds` in the JSON): export and 24 pruned graphs
+1 min, 1600 training canvases through the encoder 3-5 min, the reader 8 epochs 2 min, 200 test canvases
+4 min: 8-15 min a run;
 the training canvases' tokens and the reader are cached under --cache (keyed by model, grid and seed:
 they do not depend on the layer, so a run with another --layer reuses them), the training canvases'
 [CLS] scores (the debias fit) by the layer tapped too: a new layer passes the training canvases through

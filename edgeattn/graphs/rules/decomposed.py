@@ -71,7 +71,8 @@ class DecomposedAttention(AttentionRule):
         dtypes = (b["q_in"].dtype, b["v_in"].dtype)
         if dtypes[0] is not None and dtypes[1] is not None and dtypes[0] != dtypes[1]:
             raise Refusal(f"the query type {dtypes[0].name} and value type {dtypes[1].name} differ", b["v_in"])
-        precision = _softmax_precision(b.get("pre_cast") or _score_cast(b), dtypes[0])
+        score_cast = _score_cast(b)  # checked whether or not a Cast before the Softmax follows it
+        precision = _softmax_precision(b.get("pre_cast") or score_cast, dtypes[0])
         layout = _layout(score_rank, scores)
         head_size = _operand_dim(query, score_rank - 1)
         q_heads, kv_heads = _operand_dim(query, 1), _operand_dim(key, 1)

@@ -39,7 +39,7 @@ import onnx_ir as ir
 from edgeattn.graphs.rules.base import (FusedOutputsRule, Plan, Refusal, SiteFacts, attention_attributes,
                                         float_attribute, int_attribute)
 from edgeattn.graphs.rules.fused import MS, _default_scale, _heads, _input
-from edgeattn.graphs.values import dims, rank, same_dim, static_array, static_dim
+from edgeattn.graphs.values import dims, rank, same_dim, static_dim
 
 OUTPUT_NAMES = ("y", "present_key", "present_value")  # the outputs handled
 PATTERN_OUTPUTS = (*OUTPUT_NAMES, "output_qk")
@@ -209,9 +209,10 @@ def _layout(node: ir.Node, query: ir.Value, q_heads: int, kv_heads: int) -> tupl
 
 
 def _features(node: ir.Node) -> dict[str, Any]:
-    """softcap and local_window_size as edgeattn.Attention attributes (only those in use). onnxruntime's
-    local_window_size W lets query position p see W keys, p - W + 1 .. p (measured with its CPU kernel, as
-    Hugging Face's sliding_window): ONNX's left_window_size W - 1."""
+    """softcap and local_window_size in edgeattn.Attention's terms (only those in use): softcap is an
+    attribute of the node; onnxruntime's local_window_size W lets query position p see W keys, p - W + 1 .. p
+    (measured with its CPU kernel, as Hugging Face's sliding_window), ONNX's left_window_size W - 1, which
+    `inspect` shows and the rewrite writes into the mask of each query row."""
     out: dict[str, Any] = {}
     softcap = float_attribute(node, "softcap", 0.0)
     if not np.isfinite(softcap) or softcap < 0:
