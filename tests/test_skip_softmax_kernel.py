@@ -189,8 +189,14 @@ SKIP_CASES = [  # lq, lkv, hq, hkv, causal, block_m, block_n
 ]
 
 
+@pytest.mark.parametrize("two_pass", [False, True], ids=["fused", "two-pass"])
 @pytest.mark.parametrize("lq,lkv,hq,hkv,causal,bm,bn", SKIP_CASES)
-def test_kernel_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm, bn):
+def test_kernel_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm, bn, two_pass):
+    """Thresholds between the reference's tile margins: the kernel skips exactly its tiles (the fused kernel,
+    and the two-pass design whose votes pass decides them first), float32 IEEE dots: 2e-5."""
+    from edgeattn.kernels.skip_softmax.ops import KernelConfig
+
+    config = KernelConfig(4, 2, 1, two_pass=two_pass)
     q, k, v = make_qkv(1, hq, hkv, lq, lkv, 32, seed=lkv, dtype=torch.float32)
     q64, k64, v64 = q.double(), k.double(), v.double()
     opts = dict(causal=causal, block_m=bm, block_n=bn)
@@ -199,7 +205,7 @@ def test_kernel_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm
     skipped = []
     for ln_lambda in cuts:
         sf = lkv * math.exp(ln_lambda)
-        got = kernel(q, k, v, scale_factor=sf, count_skips=True, **opts)
+        got = kernel(q, k, v, scale_factor=sf, count_skips=True, config=config, **opts)
         ref = skip_softmax_attention_reference(q64, k64, v64, scale_factor=sf, **opts)
         assert torch.equal(got.tiles_skipped, ref.tiles_skipped)
         assert torch.equal(got.tiles_total, ref.tiles_total)
@@ -377,36 +383,6 @@ def test_kernel_key_bias_is_the_op_key_mask(scale_factor: float, causal: bool) -
 
 
 # ------------------------------------------------------------- two-pass prefill and grouped decode
-
-TWO_PASS_CASES = [  # lq, lkv, hq, hkv, causal, block_m, block_n
-    (100, 130, 4, 2, False, 32, 16),
-    (130, 200, 4, 2, True, 32, 16),  # chunked prefill against a cache: diagonal tiles mid-sequence
-    (48, 96, 2, 1, True, 16, 16),
-]
-
-
-@pytest.mark.parametrize("lq,lkv,hq,hkv,causal,bm,bn", TWO_PASS_CASES)
-def test_two_pass_skips_the_tiles_the_reference_skips(lq, lkv, hq, hkv, causal, bm, bn):
-    """The votes pass decides the reference's skip set exactly (thresholds between the tile margins),
-    and attention over the kept tiles is the reference's output (float32, IEEE dots: 2e-5)."""
-    from edgeattn.kernels.skip_softmax.ops import KernelConfig
-
-    q, k, v = make_qkv(1, hq, hkv, lq, lkv, 32, seed=lkv + 1, dtype=torch.float32)
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    opts = dict(causal=causal, block_m=bm, block_n=bn)
-    cuts = thresholds(skip_margins(q64, k64, v64, **opts))
-    assert len(cuts) >= 2
-    skipped = []
-    for ln_lambda in cuts:
-        sf = lkv * math.exp(ln_lambda)
-        got = kernel(q, k, v, scale_factor=sf, count_skips=True, config=KernelConfig(4, 2, 1, two_pass=True), **opts)
-        ref = skip_softmax_attention_reference(q64, k64, v64, scale_factor=sf, **opts)
-        assert torch.equal(got.tiles_skipped, ref.tiles_skipped)
-        assert torch.equal(got.tiles_total, ref.tiles_total)
-        torch.testing.assert_close(got.out.double(), ref.out, atol=ATOL[torch.float32], rtol=0)
-        skipped.append(got.skip_ratio)
-    assert skipped == sorted(skipped) and 0 < skipped[-1] < 1
-
 
 def test_two_pass_half_precision_key_bias_and_lambda_above_one():
     """fp16 with a padding key mask: the fused kernel's skip counts and output; with lambda >> 1 only the

@@ -12,7 +12,8 @@ row, so the skip rule is decided per row. A tile is read (V included) when some 
 keeps it, and a head that skips it takes no part in the update (its exponentials are zeroed, its
 running max stays): the counts, the running maxima and the output of every head are those of
 ``skip_softmax_attn_fwd``. Splits write fp32 partials and log-sum-exps in that kernel's layout, and
-``skip_softmax_merge_splits`` combines them. This file imports only triton.
+``skip_softmax_merge_splits`` combines them. This file imports only triton (and the shared tile
+steps of ``kernel.py``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+from .kernel import LN2, LOG2E, _load_rows, _softmax_update, _tile_scores
 
 
 @triton.jit
@@ -33,64 +33,26 @@ def _grouped_tiles(
 ):  # fmt: skip
     for j in range(tile_lo, tile_hi):
         cols = j * BLOCK_N + offs_n
-        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
         v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
+        k = _load_rows(k_base + cols[:, None] * stride_kn + offs_d[None, :], cols, kv_len, MASKED)
         if not USE_SKIP:  # dense: V with K, so the pipeline prefetches both
-            if MASKED:
-                v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-            else:
-                v = tl.load(v_ptrs)
-        if UPCAST_DOT:
-            qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        if KEY_BIAS:
-            if MASKED:
-                bias = tl.load(bias_base + cols * stride_biasn, mask=cols < kv_len, other=0.0)
-            else:
-                bias = tl.load(bias_base + cols * stride_biasn)
-            qk = qk + bias.to(tl.float32)[None, :] * inv_sm_scale
-        if MASKED:  # one query row at the last position sees every key: only the tail is hidden
-            qk = tl.where(cols[None, :] < kv_len, qk, float("-inf"))
+            v = _load_rows(v_ptrs, cols, kv_len, MASKED)
+        # One query row at the last position sees every key: only the tail is hidden (not CAUSAL).
+        qk = _tile_scores(q, k, bias_base, stride_biasn, cols, offs_n, kv_len, inv_sm_scale,
+                          MASKED, False, UPCAST_DOT, KEY_BIAS)  # fmt: skip
         m_tile = tl.max(qk, 1) * qk_scale
         if USE_SKIP:
             agree = (m_tile < m_i + log2_lambda) | (m_tile == float("-inf")) | row_pad
             keep = (agree == 0) | (j == first_tile)
             n_skip += tl.where(keep, 0, 1)
             if tl.sum(keep.to(tl.int32), 0) > 0:
-                if MASKED:
-                    v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-                else:
-                    v = tl.load(v_ptrs)
-                m_new = tl.where(keep, tl.maximum(m_i, m_tile), m_i)
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.where(keep[:, None], tl.math.exp2(qk * qk_scale - m_use[:, None]), 0.0)
-                alpha = tl.math.exp2(m_i - m_use)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
-                p = p.to(v.dtype)
-                if UPCAST_DOT:
-                    acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(p, v, acc)
-                m_i = m_new
+                v = _load_rows(v_ptrs, cols, kv_len, MASKED)
+                # A head that skips the tile takes no part: its scores read as -inf, so its exponentials
+                # are 0, its running max stays and its rescale factor is 1.
+                acc, l_i, m_i = _softmax_update(acc, l_i, m_i, tl.where(keep, m_tile, float("-inf")),
+                                                tl.where(keep[:, None], qk, float("-inf")), qk_scale, v, UPCAST_DOT)
         else:
-            m_new = tl.maximum(m_i, m_tile)
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            p = p.to(v.dtype)
-            if UPCAST_DOT:
-                acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p, v, acc)
-            m_i = m_new
+            acc, l_i, m_i = _softmax_update(acc, l_i, m_i, m_tile, qk, qk_scale, v, UPCAST_DOT)
     return acc, l_i, m_i, n_skip
 
 

@@ -37,6 +37,98 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def _load_rows(ptrs, cols, kv_len, MASKED: tl.constexpr):
+    """A K or V tile; in a tail tile (MASKED) the keys at or past kv_len read as 0 (their scores are
+    masked to -inf by `_tile_scores`)."""
+    if MASKED:
+        rows = tl.load(ptrs, mask=cols[:, None] < kv_len, other=0.0)
+    else:
+        rows = tl.load(ptrs)
+    return rows
+
+
+@triton.jit
+def _tile_scores(
+    q, k, bias_base, stride_biasn, cols, row_pos, kv_len, inv_sm_scale,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST_DOT: tl.constexpr, KEY_BIAS: tl.constexpr,
+):  # fmt: skip
+    """Raw scores q·kᵀ (fp32) of one key tile, with the key mask and, in a MASKED tile, -inf where a key
+    is past kv_len or (CAUSAL) after the row's position."""
+    if UPCAST_DOT:
+        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    if KEY_BIAS:
+        # The key mask in raw-score units: scale·(qk + m/scale) = scale·qk + m (exact for m = -inf).
+        if MASKED:
+            bias = tl.load(bias_base + cols * stride_biasn, mask=cols < kv_len, other=0.0)
+        else:
+            bias = tl.load(bias_base + cols * stride_biasn)
+        qk = qk + bias.to(tl.float32)[None, :] * inv_sm_scale
+    if MASKED:
+        valid = cols[None, :] < kv_len
+        if CAUSAL:
+            valid = valid & (cols[None, :] <= row_pos[:, None])
+        qk = tl.where(valid, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _softmax_update(acc, l_i, m_i, m_tile, qk, qk_scale, v, UPCAST_DOT: tl.constexpr):
+    """One online-softmax step in the exp2 domain over a tile's raw scores qk (row maxima m_tile, scaled).
+    A row with no valid key yet keeps m = -inf; the exponents use 0 in its place so that
+    exp2(-inf - (-inf)) never makes NaN. Returns (acc, l, m)."""
+    m_new = tl.maximum(m_i, m_tile)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    p = p.to(v.dtype)  # P @ V on tensor cores in the input precision, fp32 accumulation
+    if UPCAST_DOT:
+        acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p, v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _head_tile(
+    Q, K, V, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb, stride_vh,
+    num_q_heads, kv_group, q_len, start_m, pid_bh, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """What a (query tile, batch x query head) program reads: the batch and head, the K and V bases of
+    its key/value head, the tile's row offsets and its Q tile (padding rows read as 0). (The key mask's
+    base stays with the caller: without a mask it is None, which a jit function cannot return.)"""
+    off_b = (pid_bh // num_q_heads).to(tl.int64)
+    off_h = pid_bh % num_q_heads
+    off_kvh = (off_h // kv_group).to(tl.int64)
+    k_base = K + off_b * stride_kb + off_kvh * stride_kh
+    v_base = V + off_b * stride_vb + off_kvh * stride_vh
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = Q + off_b * stride_qb + off_h.to(tl.int64) * stride_qh
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < q_len, other=0.0)
+    return off_b, off_h, k_base, v_base, offs_m, q
+
+
+@triton.jit
+def _key_range(kv_len, q_len, start_m, tile_lo, tile_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr):  # fmt: skip
+    """The key tiles [tile_lo, tile_hi) of a query tile, cut at the causal frontier of its last row, and
+    where the tiles that need an element mask (tail, diagonal) begin: (row positions, end, middle)."""
+    first_row_pos = kv_len - q_len + start_m * BLOCK_M
+    row_pos = first_row_pos + tl.arange(0, BLOCK_M)
+    unmasked_hi = kv_len // BLOCK_N
+    if CAUSAL:
+        last_pos = kv_len - q_len + tl.minimum((start_m + 1) * BLOCK_M, q_len) - 1
+        tile_hi = tl.minimum(tile_hi, tl.cdiv(tl.maximum(last_pos + 1, 0), BLOCK_N))
+        unmasked_hi = tl.minimum(unmasked_hi, tl.maximum(first_row_pos + 1, 0) // BLOCK_N)
+    mid = tl.minimum(tl.maximum(unmasked_hi, tile_lo), tile_hi)
+    return row_pos, tile_hi, mid
+
+
+@triton.jit
 def _attend_key_tiles(
     acc, l_i, m_i, n_skip,
     q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_biasn,
@@ -57,39 +149,17 @@ def _attend_key_tiles(
         v_next = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=cols[:, None] < v_limit, other=0.0)
     for j in range(tile_lo, tile_hi):
         cols = j * BLOCK_N + offs_n
-        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
         v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]
-        # Keys at or past kv_len (tail tile) read as 0; their scores are masked to -inf below.
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
+        k = _load_rows(k_base + cols[:, None] * stride_kn + offs_d[None, :], cols, kv_len, MASKED)
         if PREFETCH:
             # Register prefetch of the next V tile: its latency hides behind this tile's work, and
             # a loop-carried value cannot be sunk into the branch below (which a plain load is).
             v = v_next
             v_next = tl.load(v_ptrs + BLOCK_N * stride_vn, mask=(cols[:, None] + BLOCK_N) < v_limit, other=0.0)
         elif not IN_BRANCH:
-            if MASKED:
-                v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-            else:
-                v = tl.load(v_ptrs)
-        if UPCAST_DOT:
-            qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        if KEY_BIAS:
-            # The key mask in raw-score units: scale·(qk + m/scale) = scale·qk + m (exact for m = -inf).
-            if MASKED:
-                bias = tl.load(bias_base + cols * stride_biasn, mask=cols < kv_len, other=0.0)
-            else:
-                bias = tl.load(bias_base + cols * stride_biasn)
-            qk = qk + bias.to(tl.float32)[None, :] * inv_sm_scale
-        if MASKED:
-            valid = cols[None, :] < kv_len
-            if CAUSAL:
-                valid = valid & (cols[None, :] <= row_pos[:, None])
-            qk = tl.where(valid, qk, float("-inf"))
+            v = _load_rows(v_ptrs, cols, kv_len, MASKED)
+        qk = _tile_scores(q, k, bias_base, stride_biasn, cols, row_pos, kv_len, inv_sm_scale,
+                          MASKED, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
         # Raw scores stay unscaled: the row max is scaled (exact, qk_scale > 0), and only a
         # processed tile pays for qk * qk_scale - m, one fused multiply-add per score.
         m_tile = tl.max(qk, 1) * qk_scale
@@ -102,24 +172,8 @@ def _attend_key_tiles(
             process = (tl.sum(tl.where(agree, 0, 1), 0) > 0) | (j == first_tile)
         if process:
             if IN_BRANCH:
-                if MASKED:
-                    v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-                else:
-                    v = tl.load(v_ptrs)
-            # Online softmax. A row with no valid key yet keeps m = -inf; the exponents use 0 in
-            # its place so that exp2(-inf - (-inf)) never makes NaN.
-            m_new = tl.maximum(m_i, m_tile)
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            p = p.to(v.dtype)  # P @ V on tensor cores in the input precision, fp32 accumulation
-            if UPCAST_DOT:
-                acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p, v, acc)
-            m_i = m_new
+                v = _load_rows(v_ptrs, cols, kv_len, MASKED)
+            acc, l_i, m_i = _softmax_update(acc, l_i, m_i, m_tile, qk, qk_scale, v, UPCAST_DOT)
         else:
             n_skip += 1
     return acc, l_i, m_i, n_skip
@@ -163,23 +217,17 @@ def skip_softmax_attn_fwd(
         start_m = n_q_tiles - 1 - pid_m  # longest causal rows first: better tail balance
     else:
         start_m = pid_m
-    off_b = (pid_bh // num_q_heads).to(tl.int64)
-    off_h = pid_bh % num_q_heads
-    off_kvh = (off_h // kv_group).to(tl.int64)
-    q_base = Q + off_b * stride_qb + off_h.to(tl.int64) * stride_qh
-    k_base = K + off_b * stride_kb + off_kvh * stride_kh
-    v_base = V + off_b * stride_vb + off_kvh * stride_vh
+    off_b, off_h, k_base, v_base, offs_m, q = _head_tile(
+        Q, K, V, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb, stride_vh,
+        num_q_heads, kv_group, q_len, start_m, pid_bh, BLOCK_M, HEAD_DIM,
+    )  # fmt: skip
     if KEY_BIAS:
         bias_base = KeyBias + off_b * stride_biasb
     else:
         bias_base = KeyBias
-
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_pad = offs_m >= q_len
-    # Q tile stays in registers for the whole walk; padding rows read as 0.
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < q_len, other=0.0)
     qk_scale = sm_scale * LOG2E
     inv_sm_scale = 1.0 / sm_scale
     if USE_SKIP:
@@ -188,16 +236,10 @@ def skip_softmax_attn_fwd(
         log2_lambda = 0.0
 
     # Key tiles of this split, cut at the causal frontier of the tile's last row.
-    first_row_pos = kv_len - q_len + start_m * BLOCK_M
-    row_pos = first_row_pos + tl.arange(0, BLOCK_M)
     tile_lo = split * tiles_per_split
-    tile_hi = tl.minimum(tile_lo + tiles_per_split, tl.cdiv(kv_len, BLOCK_N))
-    unmasked_hi = kv_len // BLOCK_N
-    if CAUSAL:
-        last_pos = kv_len - q_len + tl.minimum((start_m + 1) * BLOCK_M, q_len) - 1
-        tile_hi = tl.minimum(tile_hi, tl.cdiv(tl.maximum(last_pos + 1, 0), BLOCK_N))
-        unmasked_hi = tl.minimum(unmasked_hi, tl.maximum(first_row_pos + 1, 0) // BLOCK_N)
-    mid = tl.minimum(tl.maximum(unmasked_hi, tile_lo), tile_hi)
+    row_pos, tile_hi, mid = _key_range(kv_len, q_len, start_m, tile_lo,
+                                       tl.minimum(tile_lo + tiles_per_split, tl.cdiv(kv_len, BLOCK_N)),
+                                       BLOCK_M, BLOCK_N, CAUSAL)  # fmt: skip
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

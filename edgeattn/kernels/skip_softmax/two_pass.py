@@ -21,7 +21,8 @@ the votes pass is half the dense GEMM work and none of its exponentials, the att
 dense, so ``time ≈ (0.5 + f)·dense`` when tensor-core bound: 1.33x at 75 % skipped, 1.67x at 90 %,
 and slower than dense below 50 %; memory: one int32 per visited tile.
 
-One split only (prefill); decode keeps the fused split-K kernels. This file imports only triton.
+One split only (prefill); decode keeps the fused split-K kernels. This file imports only triton (and
+the shared tile steps of `kernel.py`).
 """
 
 from __future__ import annotations
@@ -29,38 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _tile_scores(
-    q, k_base, bias_base, stride_kn, stride_biasn, j, offs_n, offs_d, row_pos, kv_len, inv_sm_scale,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    KEY_BIAS: tl.constexpr,
-):  # fmt: skip
-    """Raw scores ``q·kᵀ`` (+ key mask / scale) of key tile ``j``, -inf where a key is hidden."""
-    cols = j * BLOCK_N + offs_n
-    k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
-    if MASKED:
-        k = tl.load(k_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-    if UPCAST_DOT:
-        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-    else:
-        qk = tl.dot(q, tl.trans(k))
-    if KEY_BIAS:
-        if MASKED:
-            bias = tl.load(bias_base + cols * stride_biasn, mask=cols < kv_len, other=0.0)
-        else:
-            bias = tl.load(bias_base + cols * stride_biasn)
-        qk = qk + bias.to(tl.float32)[None, :] * inv_sm_scale
-    if MASKED:
-        valid = cols[None, :] < kv_len
-        if CAUSAL:
-            valid = valid & (cols[None, :] <= row_pos[:, None])
-        qk = tl.where(valid, qk, float("-inf"))
-    return qk
+from .kernel import LOG2E, _head_tile, _key_range, _load_rows, _softmax_update, _tile_scores
 
 
 @triton.jit
@@ -71,8 +41,10 @@ def _vote_tiles(
     KEY_BIAS: tl.constexpr,
 ):  # fmt: skip
     for j in range(tile_lo, tile_hi):
-        qk = _tile_scores(q, k_base, bias_base, stride_kn, stride_biasn, j, offs_n, offs_d, row_pos, kv_len,
-                          inv_sm_scale, BLOCK_N, MASKED, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
+        cols = j * BLOCK_N + offs_n
+        k = _load_rows(k_base + cols[:, None] * stride_kn + offs_d[None, :], cols, kv_len, MASKED)
+        qk = _tile_scores(q, k, bias_base, stride_biasn, cols, row_pos, kv_len, inv_sm_scale,
+                          MASKED, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
         m_tile = tl.max(qk, 1) * qk_scale
         # The fused kernel's rule: every row agrees (or has no valid key, or is padding), and the
         # first tile is always kept. Only a kept tile moves the running max.
@@ -104,52 +76,37 @@ def skip_softmax_tile_votes(
     of each query tile in walk order (entries past the count are not written); TileCount int32
     ``[B * Hq, n_q_tiles, 2]`` = (kept tiles that need no element mask, kept tiles).
     """
-    pid_m = tl.program_id(0)
+    start_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    n_q_tiles = tl.num_programs(0)
-    start_m = pid_m
-    off_b = (pid_bh // num_q_heads).to(tl.int64)
-    off_h = pid_bh % num_q_heads
-    off_kvh = (off_h // kv_group).to(tl.int64)
-    q_base = Q + off_b * stride_qb + off_h.to(tl.int64) * stride_qh
-    k_base = K + off_b * stride_kb + off_kvh * stride_kh
+    off_b, _, k_base, _, offs_m, q = _head_tile(
+        Q, K, K, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kb, stride_kh,
+        num_q_heads, kv_group, q_len, start_m, pid_bh, BLOCK_M, HEAD_DIM,
+    )  # fmt: skip
     if KEY_BIAS:
         bias_base = KeyBias + off_b * stride_biasb
     else:
         bias_base = KeyBias
-
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_pad = offs_m >= q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < q_len, other=0.0)
     qk_scale = sm_scale * LOG2E
     log2_lambda = log2_scale_factor - tl.log2(kv_len.to(tl.float32))
+    row_pos, tile_hi, mid = _key_range(kv_len, q_len, start_m, 0, tl.cdiv(kv_len, BLOCK_N), BLOCK_M, BLOCK_N, CAUSAL)
 
-    # The visited tiles and the unmasked prefix, as the fused kernel cuts them.
-    first_row_pos = kv_len - q_len + start_m * BLOCK_M
-    row_pos = first_row_pos + tl.arange(0, BLOCK_M)
-    tile_hi = tl.cdiv(kv_len, BLOCK_N)
-    unmasked_hi = kv_len // BLOCK_N
-    if CAUSAL:
-        last_pos = kv_len - q_len + tl.minimum((start_m + 1) * BLOCK_M, q_len) - 1
-        tile_hi = tl.minimum(tile_hi, tl.cdiv(tl.maximum(last_pos + 1, 0), BLOCK_N))
-        unmasked_hi = tl.minimum(unmasked_hi, tl.maximum(first_row_pos + 1, 0) // BLOCK_N)
-    mid = tl.minimum(tl.maximum(unmasked_hi, 0), tile_hi)
-
-    list_row = pid_bh.to(tl.int64) * n_q_tiles + start_m
+    list_row = pid_bh.to(tl.int64) * tl.num_programs(0) + start_m
     list_base = TileList + list_row * n_kv_tiles
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     n_kept = tl.zeros([], tl.int32)
-    m_i, n_kept = _vote_tiles(m_i, n_kept, q, k_base, bias_base, stride_kn, stride_biasn, list_base,
-                              offs_n, offs_d, row_pos, row_pad, kv_len, qk_scale, 1.0 / sm_scale, log2_lambda,
-                              0, mid, BLOCK_N, False, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
+    inv_sm_scale = 1.0 / sm_scale
+    row_pad = offs_m >= q_len
+    # The tiles that need no element mask, then the tail/diagonal ones; the count after the first.
+    m_i, n_kept = _vote_tiles(m_i, n_kept, q, k_base, bias_base, stride_kn, stride_biasn, list_base, offs_n, offs_d,
+                              row_pos, row_pad, kv_len, qk_scale, inv_sm_scale, log2_lambda, 0, mid,
+                              BLOCK_N, False, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
     tl.store(TileCount + list_row * 2, n_kept)
-    m_i, n_kept = _vote_tiles(m_i, n_kept, q, k_base, bias_base, stride_kn, stride_biasn, list_base,
-                              offs_n, offs_d, row_pos, row_pad, kv_len, qk_scale, 1.0 / sm_scale, log2_lambda,
-                              mid, tile_hi, BLOCK_N, True, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
+    m_i, n_kept = _vote_tiles(m_i, n_kept, q, k_base, bias_base, stride_kn, stride_biasn, list_base, offs_n, offs_d,
+                              row_pos, row_pad, kv_len, qk_scale, inv_sm_scale, log2_lambda, mid, tile_hi,
+                              BLOCK_N, True, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
     tl.store(TileCount + list_row * 2 + 1, n_kept)
-
 
 @triton.jit
 def _attend_listed(
@@ -159,29 +116,12 @@ def _attend_listed(
     KEY_BIAS: tl.constexpr,
 ):  # fmt: skip
     for e in range(e_lo, e_hi):
-        j = tl.load(list_base + e)
-        cols = j * BLOCK_N + offs_n
-        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
-        else:
-            v = tl.load(v_ptrs)
-        qk = _tile_scores(q, k_base, bias_base, stride_kn, stride_biasn, j, offs_n, offs_d, row_pos, kv_len,
-                          inv_sm_scale, BLOCK_N, MASKED, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
-        m_tile = tl.max(qk, 1) * qk_scale
-        # Online softmax in the exp2 domain; a row with no valid key yet keeps m = -inf.
-        m_new = tl.maximum(m_i, m_tile)
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        p = p.to(v.dtype)
-        if UPCAST_DOT:
-            acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p, v, acc)
-        m_i = m_new
+        cols = tl.load(list_base + e) * BLOCK_N + offs_n
+        v = _load_rows(v_base + cols[:, None] * stride_vn + offs_d[None, :], cols, kv_len, MASKED)
+        k = _load_rows(k_base + cols[:, None] * stride_kn + offs_d[None, :], cols, kv_len, MASKED)
+        qk = _tile_scores(q, k, bias_base, stride_biasn, cols, row_pos, kv_len, inv_sm_scale,
+                          MASKED, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
+        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, tl.max(qk, 1) * qk_scale, qk, qk_scale, v, UPCAST_DOT)
     return acc, l_i, m_i
 
 
@@ -201,30 +141,23 @@ def skip_softmax_attend_listed(
 ):  # fmt: skip
     """Grid ``(cdiv(q_len, BLOCK_M), B * num_q_heads)``: attention over the tiles that
     ``skip_softmax_tile_votes`` listed. Out ``[B, Hq, q_len, D]`` in the output dtype."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
     n_q_tiles = tl.num_programs(0)
+    pid_bh = tl.program_id(1)
     if CAUSAL:
-        start_m = n_q_tiles - 1 - pid_m  # longest causal rows first: better tail balance
+        start_m = n_q_tiles - 1 - tl.program_id(0)  # longest causal rows first: better tail balance
     else:
-        start_m = pid_m
-    off_b = (pid_bh // num_q_heads).to(tl.int64)
-    off_h = pid_bh % num_q_heads
-    off_kvh = (off_h // kv_group).to(tl.int64)
-    q_base = Q + off_b * stride_qb + off_h.to(tl.int64) * stride_qh
-    k_base = K + off_b * stride_kb + off_kvh * stride_kh
-    v_base = V + off_b * stride_vb + off_kvh * stride_vh
+        start_m = tl.program_id(0)
+    off_b, off_h, k_base, v_base, offs_m, q = _head_tile(
+        Q, K, V, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb, stride_vh,
+        num_q_heads, kv_group, q_len, start_m, pid_bh, BLOCK_M, HEAD_DIM,
+    )  # fmt: skip
     if KEY_BIAS:
         bias_base = KeyBias + off_b * stride_biasb
     else:
         bias_base = KeyBias
-
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < q_len, other=0.0)
-    qk_scale = sm_scale * LOG2E
-    row_pos = kv_len - q_len + start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_pos = kv_len - q_len + offs_m
 
     list_row = pid_bh.to(tl.int64) * n_q_tiles + start_m
     list_base = TileList + list_row * n_kv_tiles
@@ -233,12 +166,15 @@ def skip_softmax_attend_listed(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    qk_scale = sm_scale * LOG2E
+    inv_sm_scale = 1.0 / sm_scale
+    # The listed tiles that need no element mask come first.
     acc, l_i, m_i = _attend_listed(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_biasn,
-                                   list_base, offs_n, offs_d, row_pos, kv_len, qk_scale, 1.0 / sm_scale, 0, n_plain,
+                                   list_base, offs_n, offs_d, row_pos, kv_len, qk_scale, inv_sm_scale, 0, n_plain,
                                    BLOCK_N, False, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
     acc, l_i, m_i = _attend_listed(acc, l_i, m_i, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_biasn,
-                                   list_base, offs_n, offs_d, row_pos, kv_len, qk_scale, 1.0 / sm_scale, n_plain,
-                                   n_kept, BLOCK_N, True, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
+                                   list_base, offs_n, offs_d, row_pos, kv_len, qk_scale, inv_sm_scale, n_plain, n_kept,
+                                   BLOCK_N, True, CAUSAL, UPCAST_DOT, KEY_BIAS)  # fmt: skip
 
     l_use = tl.where(l_i == 0.0, 1.0, l_i)  # rows that see no key write 0
     out = acc / l_use[:, None]
