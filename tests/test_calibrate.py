@@ -154,7 +154,7 @@ def test_a_lowered_decoder_is_refused(peaked, tmp_path):
     ("window", "sparsity=0.5", "not implemented yet"),
     ("bogus", "sparsity=0.5", "names no calibration method"),
     ("block:keep=0.5", "sparsity=0.5", "fixes keep"),
-    ("block", "tokens=64", "not implemented yet"),
+    ("block", "tokens=64", "image-token budget of prune:NAME"),
     ("block", "ppl=2", "relative increase"),
     ("block", "sparsity=1.5", "in \\(0, 1\\)"),
     ("block", "kl=nan", "finite"),

@@ -1,4 +1,5 @@
-"""Calibration: data sources, fidelity metrics, threshold and budget searches (`edgeattn calibrate`)."""
+"""Calibration: data sources, fidelity metrics, threshold and budget searches and debias fits
+(`edgeattn calibrate`)."""
 
 from __future__ import annotations
 

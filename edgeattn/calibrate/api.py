@@ -4,6 +4,12 @@ method's values, and write a new folder (the export's layout) whose decoder carr
     from edgeattn.calibrate import CalibrationOptions, calibrate
 
     record = calibrate("smollm2", "smollm2-cal", CalibrationOptions("block", "ppl=+2%"))
+    record = calibrate("llava", "llava-cal", CalibrationOptions("prune:fastervlm", "kl=0.05", data="builtin:images"))
+    record = calibrate("llava", "llava-debias", CalibrationOptions("debias:fastervlm", data="builtin:images"))
+
+`calibrate` dispatches: `prune:NAME` (the image-token budget of a pruning method, on images) is
+`edgeattn.calibrate.prune`, `debias[:NAME]` (the positional weights of a pruning method's attention
+score, on images) is `edgeattn.calibrate.debias`; blasst and block (on text) are below.
 
 The new folder holds the input's files, the decoder rewritten with the chosen values (lowered for
 onnxruntime as `export --sparse` lowers), a manifest with `sparse` and `calibration` records, and
@@ -17,18 +23,17 @@ import json
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from edgeattn.calibrate.data import load_tokenizer, read_source, token_ids, windows
-from edgeattn.calibrate.goals import GRANULARITIES, CalibrationError, parse_goals, parse_method
+from edgeattn.calibrate.goals import GRANULARITIES, RECORD_FORMAT, CalibrationError, parse_goals, parse_method
 from edgeattn.calibrate.graph import CalibrationRunner, decoder_path, fold_values
 from edgeattn.calibrate.methods import Result, calibrate_blasst, calibrate_block
 from edgeattn.calibrate.metrics import Evaluator
 from edgeattn.calibrate.report import write_plot
 
-RECORD_FORMAT = "edgeattn.calibration/1"
 MIN_TOKENS = 32
 # BLASST's skip ratio grows with the length (its tiles are 128 x 64 keys): it needs long windows to
 # reach useful targets; block's sensitivities cost one run per layer and candidate, so shorter ones.
@@ -42,34 +47,63 @@ Progress = Callable[[str], ContextManager[Callable[[], None]]]
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    method: str  # blasst | block, with fixed parameters: block:block=64
-    target: str  # sparsity=0.5,ppl=+2%,kl=0.02
-    data: str = "builtin:text"
+    method: str  # blasst | block, with fixed parameters: block:block=64; prune:NAME[,param=value...];
+    # or debias[:NAME][,param=value...]
+    target: str = ""  # sparsity=0.5,ppl=+2%,kl=0.02; prune: kl=0.05,tokens=64,sparsity=0.75; debias: none
+    data: str | None = None  # default builtin:text; prune: images:DIR or builtin:images (the default)
     eval: str | None = None
-    per: str = "layer"
-    samples: int | None = None  # windows per length (default DEFAULT_SAMPLES)
+    per: str | None = None  # layer | model; default layer (prune: model, its only choice)
+    samples: int | None = None  # windows per length (default DEFAULT_SAMPLES); prune: images (default 4);
+    # debias: images (default 64)
     max_tokens: int | None = None  # the longest window (default DEFAULT_TOKENS, within the model's positions);
     # BLASST also uses a half and a quarter of it
     seed: int = 0
     threads: int | None = None
     force: bool = False
+    prompts: str | None = None  # prune: a file with one prompt per line (default: images.DEFAULT_PROMPTS)
 
 
 def calibrate(folder: str | Path, out: str | Path, options: CalibrationOptions,
               progress: Progress | None = None) -> dict[str, Any]:
     """Run the calibration of the module docstring; returns the calibration record."""
+    from edgeattn.calibrate.debias import calibrate_debias, is_debias_method
+    from edgeattn.calibrate.prune import calibrate_prune, is_prune_method
+
+    if is_debias_method(options.method):
+        return calibrate_debias(Path(folder), Path(out), options, progress)
+    if not options.target.strip():
+        raise CalibrationError(f"--method {options.method} needs --target (the goals to meet), e.g. "
+                               + ("kl=0.05" if is_prune_method(options.method) else "sparsity=0.5"))
+    if is_prune_method(options.method):
+        return calibrate_prune(Path(folder), Path(out), options, progress)
+    return _calibrate_attention(folder, out, replace(options, per=options.per or "layer",
+                                                         data=options.data or "builtin:text"), progress)
+
+
+def _calibrate_attention(folder: str | Path, out: str | Path, options: CalibrationOptions,
+                         progress: Progress | None) -> dict[str, Any]:
+    """blasst or block on a decoder, on text."""
+    from edgeattn.calibrate.images import is_image_source
     from edgeattn.exporter.files import check_output_folder
     from edgeattn.manifest import read_manifest
 
     started = time.perf_counter()
+    per = options.per or "layer"
     folder, out = Path(folder), Path(out)
     method, goals = parse_method(options.method), parse_goals(options.target)
     _check_options(options)
+    for name, source in (("--data", options.data), ("--eval", options.eval)):
+        if source is not None and is_image_source(source):
+            raise CalibrationError(f"{name} {source!r}: images calibrate prune:NAME; {method.name} calibrates "
+                                   "a decoder on text: use text:FILE or builtin:text")
+    if options.prompts is not None:
+        raise CalibrationError(f"--prompts belongs to prune:NAME calibration; {method.name} reads --data text")
     check_output_folder(out, options.force, [folder])
     manifest = read_manifest(folder)
     decoder = decoder_path(folder, manifest)
     lengths = _lengths(method.name, options.max_tokens, manifest)
     tokenizer = load_tokenizer(folder, manifest.tokenizer)
+    assert options.data is not None
     text = read_source(options.data)
     ids = token_ids(text, tokenizer)
     samples = options.samples or DEFAULT_SAMPLES[method.name]
@@ -80,16 +114,16 @@ def calibrate(folder: str | Path, out: str | Path, options: CalibrationOptions,
     with bar(f"calibrating {method.name} ({options.target}) on {len(cal_windows)} windows") as tick:
         evaluator = Evaluator(runner, cal_windows, method.dense_value, method.sparsity, with_kl, tick=tick)
         if method.name == "blasst":
-            result = calibrate_blasst(evaluator, method, runner.labels, goals, options.per, lengths)
+            result = calibrate_blasst(evaluator, method, runner.labels, goals, per, lengths)
         else:
-            result = calibrate_block(evaluator, method, runner.labels, goals, options.per)
+            result = calibrate_block(evaluator, method, runner.labels, goals, per)
     evaluation = None
     if options.eval is not None:
         evaluation = _evaluate(runner, tokenizer, options, lengths, method, result, with_kl, bar)
     record = {
         "format": RECORD_FORMAT, "method": method.name, "flag": method.flag, "tunable": method.tunable,
         "op": method.entry["op"], "target": options.target, "goals": [asdict(g) for g in goals],
-        "per": options.per, "seed": options.seed,
+        "per": per, "seed": options.seed,
         "data": {"source": options.data, "sha256": text.sha256, "tokens": int(len(ids)), "lengths": list(lengths),
                  "windows": len(cal_windows), "starts": [w.start for w in cal_windows]},
         "chosen": {site: round(v, 6) for site, v in result.values.items()},

@@ -57,8 +57,8 @@ def read_source(source: str) -> Text:
             raise CalibrationError(f"{path} holds no text; give a file with some text for --data/--eval")
         return Text(source, text)
     if kind == "images" or source == "builtin:images":
-        raise CalibrationError(f"data source {source!r}: image calibration data is not implemented yet; "
-                               f"use {' or '.join(SOURCES)}")
+        raise CalibrationError(f"data source {source!r}: images calibrate prune:NAME; blasst and block "
+                               f"calibrate on text: use {' or '.join(SOURCES)}")
     raise CalibrationError(f"data source {source!r} is not one of {', '.join(SOURCES)}")
 
 

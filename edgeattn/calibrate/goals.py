@@ -2,11 +2,13 @@
 
     parse_method("block:block=64")       -> Method("block", op BlockSparseAttention, tunable "keep")
     parse_goals("sparsity=0.5,ppl=+2%")  -> (Goal("sparsity", 0.5), Goal("ppl", 0.02))
+    parse_goals("kl=0.05,tokens=16", prune=True) -> (Goal("kl", 0.05), Goal("tokens", 16.0))
 
 A sparsity goal is a target to reach (the measured skip ratio, or 1 - density, at least that much, as
 little above it as the candidates allow); ppl and kl goals are bounds to respect (the largest perplexity
 increase and the largest mean KL divergence of the next-token distribution against the dense model).
-With bounds only, calibration takes the most compute away that keeps within them.
+With bounds only, calibration takes the most compute away that keeps within them. `tokens=N` is the
+image-token budget of prune:NAME calibration (`edgeattn.calibrate.prune`), which takes no ppl goal.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 
 from edgeattn.errors import EdgeAttnError
 
+RECORD_FORMAT = "edgeattn.calibration/1"  # calibration.json, for every method
 GOAL_NAMES = ("sparsity", "ppl", "kl")
-LATER = {"tokens": "prune:NAME", "window": "window", "debias": "debias"}
+PRUNE_GOAL_NAMES = ("kl", "tokens", "sparsity")
+LATER = {"window": "window"}
 GRANULARITIES = ("layer", "model")
 
 
@@ -29,13 +33,15 @@ class CalibrationError(EdgeAttnError):
 
 @dataclass(frozen=True)
 class Goal:
-    name: str  # sparsity | ppl | kl
-    value: float  # sparsity fraction; ppl: the relative increase (0.02 for +2%); kl: nats
+    name: str  # sparsity | ppl | kl | tokens
+    value: float  # sparsity fraction; ppl: the relative increase (0.02 for +2%); kl: nats; tokens: a count
 
     @property
     def text(self) -> str:
         if self.name == "ppl":
             return f"ppl=+{self.value * 100:g}%"
+        if self.name == "tokens":
+            return f"tokens={int(self.value)}"
         return f"{self.name}={self.value:g}"
 
 
@@ -63,12 +69,12 @@ def parse_method(text: str) -> Method:
 
     found = _METHOD.match(text)
     name = found.group(1) if found else ""
-    if name in LATER or name.startswith("prune") or name == "window":
-        raise CalibrationError(f"--method {text!r}: this edgeattn calibrates blasst and block; "
-                               f"{name or text} calibration is not implemented yet")
+    if name in LATER:
+        raise CalibrationError(f"--method {text!r}: this edgeattn calibrates blasst, block, prune:NAME and debias; "
+                               f"{name} calibration is not implemented yet")
     if name not in ("blasst", "block"):
         raise CalibrationError(f"--method {text!r} names no calibration method; use blasst or block "
-                               "(optionally with fixed parameters, e.g. block:block=64)")
+                               "(optionally with fixed parameters, e.g. block:block=64), prune:NAME or debias[:NAME]")
     entry = parse_sparse_flag(text)
     if name == "blasst":
         tunable, dense, statistic = "scale_factor", 0.0, "skip_ratio"
@@ -88,8 +94,10 @@ def parse_method(text: str) -> Method:
     return Method(name, text.strip(), entry, tunable, dense, statistic)
 
 
-def parse_goals(text: str) -> tuple[Goal, ...]:
-    """`sparsity=0.5`, `ppl=+2%`, `kl=0.02`, comma-separated; all must hold."""
+def parse_goals(text: str, prune: bool = False) -> tuple[Goal, ...]:
+    """`sparsity=0.5`, `ppl=+2%`, `kl=0.02`, comma-separated; all must hold. With `prune` (image-token
+    pruning): `kl=0.05`, `tokens=64`, `sparsity=0.75` (1 - k/N)."""
+    names = PRUNE_GOAL_NAMES if prune else GOAL_NAMES
     goals: dict[str, Goal] = {}
     for part in [p.strip() for p in text.split(",")]:
         key, sep, raw = part.partition("=")
@@ -99,8 +107,14 @@ def parse_goals(text: str) -> tuple[Goal, ...]:
         if key in LATER:
             raise CalibrationError(f"--target {key}=... belongs to {LATER[key]} calibration, not implemented yet; "
                                    f"use {', '.join(GOAL_NAMES)}")
-        if key not in GOAL_NAMES:
-            raise CalibrationError(f"--target {text!r}: unknown goal {key!r}; known goals: {', '.join(GOAL_NAMES)}")
+        if key == "tokens" and not prune:
+            raise CalibrationError(f"--target {text!r}: tokens= is the image-token budget of prune:NAME "
+                                   f"calibration; blasst and block take {', '.join(GOAL_NAMES)}")
+        if key == "ppl" and prune:
+            raise CalibrationError(f"--target {text!r}: ppl has no meaning for image-token pruning (no text "
+                                   f"to score); use {', '.join(PRUNE_GOAL_NAMES)}")
+        if key not in names:
+            raise CalibrationError(f"--target {text!r}: unknown goal {key!r}; known goals: {', '.join(names)}")
         if key in goals:
             raise CalibrationError(f"--target {text!r} gives {key} twice")
         goals[key] = Goal(key, _goal_value(key, raw, text))
@@ -119,6 +133,8 @@ def _goal_value(key: str, raw: str, text: str) -> float:
     value = value / 100 if percent else value
     if not math.isfinite(value):
         raise CalibrationError(f"--target {text!r}: {key} must be a finite number")
+    if key == "tokens" and (value != int(value) or not 1 <= value <= 1 << 20):
+        raise CalibrationError(f"--target {text!r}: tokens must be a whole number of image tokens from 1, got {raw}")
     if key == "sparsity" and not 0.0 < value < 1.0:
         raise CalibrationError(f"--target {text!r}: sparsity must be in (0, 1), got {value:g}")
     if key in ("ppl", "kl") and value <= 0.0:
@@ -126,4 +142,5 @@ def _goal_value(key: str, raw: str, text: str) -> float:
     return value
 
 
-__all__ = ["GOAL_NAMES", "GRANULARITIES", "CalibrationError", "Goal", "Method", "parse_goals", "parse_method"]
+__all__ = ["GOAL_NAMES", "GRANULARITIES", "PRUNE_GOAL_NAMES", "RECORD_FORMAT", "CalibrationError", "Goal", "Method",
+           "parse_goals", "parse_method"]

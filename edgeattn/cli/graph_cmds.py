@@ -53,8 +53,11 @@ def inspect(model: Path, component: str | None, as_json: bool) -> None:
     for site in calibrated:  # edgeattn calibrate: the chosen value, or the law it follows
         law = site.get("law")
         value = (f"scale_factor = {law['c']:.6g} * Lkv ** {law['p']:.4g}" if law else
-                 ", ".join(f"{k} = {v:g}" for k, v in site.items() if isinstance(v, float)))
-        click.echo(f"calibrated: layer {site['layer']} {site['op']}: {value}")
+                 ", ".join(f"{k} = {v:g}" for k, v in site.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("kl", "layer")))
+        where = f"layer {site['layer']}" if site["layer"] is not None else f"node {site['node']}"
+        how = f" ({site['method']} for {site['target']})" if "method" in site else ""
+        click.echo(f"calibrated: {where} {site['op']}: {value}{how}")
     _print_pruning(pruning)
     _print_tensorrt(tensorrt)
     for note in notes:

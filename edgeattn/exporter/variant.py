@@ -50,9 +50,11 @@ class VariantOptions:
 
 
 def rewrite_folder(source: Path, out: Path, options: VariantOptions, force: bool = False,
-                   step: Step = lambda _: contextlib.nullcontext()) -> dict[str, Any]:
+                   step: Step = lambda _: contextlib.nullcontext(),
+                   finish: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Write the variant of the exported folder `source` that `options` asks for to `out`; returns the
-    manifest's `variant` record with what each pass reported."""
+    manifest's `variant` record with what each pass reported. `finish(stage, manifest)` adds to the
+    staged folder and its manifest document before the manifest is written (`edgeattn calibrate`)."""
     from edgeattn.exporter.files import staged_folder
 
     source, out = Path(source), Path(out)
@@ -73,6 +75,8 @@ def rewrite_folder(source: Path, out: Path, options: VariantOptions, force: bool
         else:
             record["rewrite"] = _rewrite(stage, manifest, document, options, step)
         document["variant"] = record
+        if finish is not None:
+            finish(stage, document)
         write_manifest(stage, document)
     return record
 

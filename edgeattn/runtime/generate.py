@@ -138,6 +138,10 @@ class DecoderRunner:
         embeds[0, slots] = features[0]
         return embeds
 
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """The logits [1, S, V] of one prefill step from an empty cache (the first step of `stream`)."""
+        return self._step(embeds, self._empty_past(), 0)[0]
+
     def generate(
         self, input_ids: list[int], max_new_tokens: int, pixel_values: np.ndarray | None = None,
         num_tokens: int | None = None,

@@ -95,12 +95,19 @@ def _read_npy(path: Path, size: int) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def fit_recency_weights(scores: np.ndarray) -> np.ndarray:
-    """w[p] = f(0)/f(p) from scores [images, N] (f fitted to the mean score at each position)."""
+def fit_recency(scores: np.ndarray) -> tuple[float, float]:
+    """(A, b) of f(p) = A·exp(b·p), least squares on the log of the mean score at each position of
+    scores [images, N]."""
     mean = np.asarray(scores, dtype=np.float64).mean(axis=0)
     positions = np.arange(mean.size, dtype=np.float64)
-    slope, _ = np.polyfit(positions, np.log(np.maximum(mean, 1e-12)), 1)
-    return np.exp(-slope * positions).astype(np.float32)
+    slope, intercept = np.polyfit(positions, np.log(np.maximum(mean, 1e-12)), 1)
+    return float(np.exp(intercept)), float(slope)
+
+
+def fit_recency_weights(scores: np.ndarray) -> np.ndarray:
+    """w[p] = f(0)/f(p) from scores [images, N] (f fitted to the mean score at each position)."""
+    _, slope = fit_recency(scores)
+    return np.exp(-slope * np.arange(np.shape(scores)[-1], dtype=np.float64)).astype(np.float32)
 
 
 def padding_valid_mask(width: int, height: int, image_size: int, patch_size: int) -> np.ndarray:
