@@ -151,7 +151,7 @@ def test_a_lowered_decoder_is_refused(peaked, tmp_path):
 
 
 @pytest.mark.parametrize("method, target, message", [
-    ("window", "sparsity=0.5", "not implemented yet"),
+    ("block:window=64", "sparsity=0.5", "window belongs to the window layout"),
     ("bogus", "sparsity=0.5", "names no calibration method"),
     ("block:keep=0.5", "sparsity=0.5", "fixes keep"),
     ("block", "tokens=64", "image-token budget of prune:NAME"),

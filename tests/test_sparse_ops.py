@@ -161,6 +161,25 @@ def test_window_against_brute_force(window, sinks, causal, q_len, kv_len):
     assert rel_err(body, _masked_softmax(q, k, v, visible)) <= TOL
 
 
+@pytest.mark.parametrize("causal,q_len,kv_len", [(2, 30, 30), (2, 7, 33)])
+def test_window_read_from_its_input_equals_the_attribute(causal, q_len, kv_len):
+    """The tunable window input (what calibration feeds) overrides the attribute; the fast lowering
+    leaves such a node to its body, as for keep."""
+    from tests.models.sparse_graphs import run_fast
+
+    rng = np.random.default_rng(3)
+    q, k, v = _qkv(rng, q_len=q_len, kv_len=kv_len)
+    attrs = full_attrs(SPARSE, causal=causal, layout="window", sinks=2, block_size=8)
+    (expected, expected_density) = run_body(SPARSE, [q, k, v], {**attrs, "window": 9}, outputs=2)
+    fed = [q, k, v, None, None, None, None, np.asarray(9, np.int64)]
+    (body, density) = run_body(SPARSE, fed, {**attrs, "window": 256}, outputs=2)
+    assert rel_err(body, expected) <= TOL and float(density) == pytest.approx(float(expected_density))
+    assert float(density) < 1.0
+    (fast,), report = run_fast(SPARSE, fed, {**attrs, "window": 256})
+    assert report[0].lowering == "function" and "graph input" in report[0].reason
+    assert rel_err(fast, expected) <= TOL
+
+
 def _skip_loop(q, k, v, mask, causal, scale_factor, block_m, block_n, splits):
     """A direct loop of the BLASST rule: per (batch, head, query tile) the key tiles in order, a
     running max per row, skip when every row's tile max is below running max + ln λ."""

@@ -4,12 +4,13 @@ method's values, and write a new folder (the export's layout) whose decoder carr
     from edgeattn.calibrate import CalibrationOptions, calibrate
 
     record = calibrate("smollm2", "smollm2-cal", CalibrationOptions("block", "ppl=+2%"))
+    record = calibrate("smollm2", "smollm2-win", CalibrationOptions("window:sinks=4,block=64", "ppl=+2%"))
     record = calibrate("llava", "llava-cal", CalibrationOptions("prune:fastervlm", "kl=0.05", data="builtin:images"))
     record = calibrate("llava", "llava-debias", CalibrationOptions("debias:fastervlm", data="builtin:images"))
 
 `calibrate` dispatches: `prune:NAME` (the image-token budget of a pruning method, on images) is
 `edgeattn.calibrate.prune`, `debias[:NAME]` (the positional weights of a pruning method's attention
-score, on images) is `edgeattn.calibrate.debias`; blasst and block (on text) are below.
+score, on images) is `edgeattn.calibrate.debias`; blasst, block and window (on text) are below.
 
 The new folder holds the input's files, the decoder rewritten with the chosen values (lowered for
 onnxruntime as `export --sparse` lowers), a manifest with `sparse` and `calibration` records, and
@@ -30,24 +31,24 @@ from typing import Any, Callable, ContextManager
 from edgeattn.calibrate.data import load_tokenizer, read_source, token_ids, windows
 from edgeattn.calibrate.goals import GRANULARITIES, RECORD_FORMAT, CalibrationError, parse_goals, parse_method
 from edgeattn.calibrate.graph import CalibrationRunner, decoder_path, fold_values
-from edgeattn.calibrate.methods import Result, calibrate_blasst, calibrate_block
+from edgeattn.calibrate.methods import Result, calibrate_blasst, calibrate_candidates, candidates_of
 from edgeattn.calibrate.metrics import Evaluator
 from edgeattn.calibrate.report import write_plot
 
 MIN_TOKENS = 32
 # BLASST's skip ratio grows with the length (its tiles are 128 x 64 keys): it needs long windows to
-# reach useful targets; block's sensitivities cost one run per layer and candidate, so shorter ones.
-DEFAULT_TOKENS = {"blasst": 1024, "block": 512}
+# reach useful targets; block's and window's sensitivities cost one run per layer and candidate, so shorter ones.
+DEFAULT_TOKENS = {"blasst": 1024, "block": 512, "window": 512}
 # Windows per length. A perplexity bound needs more than a sparsity goal: on SmolLM2-135M, block keeps chosen
 # for ppl=+3% on 2 windows of 512 tokens gave +2.97 % there and +7.1 % on an unseen text; on 4 windows, +1.8 %
 # and +1.9 % (2026-12-07, README's commands; the 2-window estimate of one keep's cost moved by ~3x).
-DEFAULT_SAMPLES = {"blasst": 2, "block": 4}
+DEFAULT_SAMPLES = {"blasst": 2, "block": 4, "window": 4}
 Progress = Callable[[str], ContextManager[Callable[[], None]]]
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    method: str  # blasst | block, with fixed parameters: block:block=64; prune:NAME[,param=value...];
+    method: str  # blasst | block | window, with fixed parameters: block:block=64; prune:NAME[,param=value...];
     # or debias[:NAME][,param=value...]
     target: str = ""  # sparsity=0.5,ppl=+2%,kl=0.02; prune: kl=0.05,tokens=64,sparsity=0.75; debias: none
     data: str | None = None  # default builtin:text; prune: images:DIR or builtin:images (the default)
@@ -82,7 +83,7 @@ def calibrate(folder: str | Path, out: str | Path, options: CalibrationOptions,
 
 def _calibrate_attention(folder: str | Path, out: str | Path, options: CalibrationOptions,
                          progress: Progress | None) -> dict[str, Any]:
-    """blasst or block on a decoder, on text."""
+    """blasst, block or window on a decoder, on text."""
     from edgeattn.calibrate.images import is_image_source
     from edgeattn.exporter.files import check_output_folder
     from edgeattn.manifest import read_manifest
@@ -102,6 +103,7 @@ def _calibrate_attention(folder: str | Path, out: str | Path, options: Calibrati
     manifest = read_manifest(folder)
     decoder = decoder_path(folder, manifest)
     lengths = _lengths(method.name, options.max_tokens, manifest)
+    candidates = () if method.name == "blasst" else candidates_of(method, lengths)
     tokenizer = load_tokenizer(folder, manifest.tokenizer)
     assert options.data is not None
     text = read_source(options.data)
@@ -116,7 +118,7 @@ def _calibrate_attention(folder: str | Path, out: str | Path, options: Calibrati
         if method.name == "blasst":
             result = calibrate_blasst(evaluator, method, runner.labels, goals, per, lengths)
         else:
-            result = calibrate_block(evaluator, method, runner.labels, goals, per)
+            result = calibrate_candidates(evaluator, method, runner.labels, goals, per, candidates)
     evaluation = None
     if options.eval is not None:
         evaluation = _evaluate(runner, tokenizer, options, lengths, method, result, with_kl, bar)

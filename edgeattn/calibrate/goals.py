@@ -1,6 +1,7 @@
 """What `--method` and `--target` ask for, parsed and checked before any model is read.
 
     parse_method("block:block=64")       -> Method("block", op BlockSparseAttention, tunable "keep")
+    parse_method("window:sinks=4")       -> Method("window", op BlockSparseAttention, tunable "window")
     parse_goals("sparsity=0.5,ppl=+2%")  -> (Goal("sparsity", 0.5), Goal("ppl", 0.02))
     parse_goals("kl=0.05,tokens=16", prune=True) -> (Goal("kl", 0.05), Goal("tokens", 16.0))
 
@@ -23,7 +24,11 @@ from edgeattn.errors import EdgeAttnError
 RECORD_FORMAT = "edgeattn.calibration/1"  # calibration.json, for every method
 GOAL_NAMES = ("sparsity", "ppl", "kl")
 PRUNE_GOAL_NAMES = ("kl", "tokens", "sparsity")
-LATER = {"window": "window"}
+# The parameters a window method may fix besides layers/name (its window is what calibration chooses);
+# the select layout's belong to block, which refuses the window layout's own (WINDOW_ONLY).
+WINDOW_PARAMETERS = ("block_size", "sinks", "heads", "dense_decode")
+WINDOW_ONLY = ("window", "sinks")
+DENSE_WINDOW = 1 << 20  # at least any calibration length (--max-tokens): every key in the window
 GRANULARITIES = ("layer", "model")
 
 
@@ -47,7 +52,7 @@ class Goal:
 
 @dataclass(frozen=True)
 class Method:
-    name: str  # blasst | block
+    name: str  # blasst | block | window
     flag: str  # the method as written (a --sparse flag without the tunable)
     entry: dict[str, Any] = field(hash=False, compare=False)  # the recipe entry the flag gives
     tunable: str = ""  # the attribute calibration chooses
@@ -63,21 +68,25 @@ _METHOD = re.compile(r"^\s*([a-z_]+)(?::(.*))?$")
 
 
 def parse_method(text: str) -> Method:
-    """`blasst[:key=value,...]` or `block[:key=value,...]`: the op and its fixed parameters; the tunable
-    (scale_factor; keep, or threshold with mode=threshold) is what calibration chooses."""
+    """`blasst[:key=value,...]`, `block[:key=value,...]` or `window[:key=value,...]`: the op and its fixed
+    parameters; the tunable (scale_factor; keep, or threshold with mode=threshold; window) is what
+    calibration chooses."""
     from edgeattn.graphs.sparse.flags import parse_sparse_flag
 
     found = _METHOD.match(text)
     name = found.group(1) if found else ""
-    if name in LATER:
-        raise CalibrationError(f"--method {text!r}: this edgeattn calibrates blasst, block, prune:NAME and debias; "
-                               f"{name} calibration is not implemented yet")
-    if name not in ("blasst", "block"):
-        raise CalibrationError(f"--method {text!r} names no calibration method; use blasst or block "
+    if name not in ("blasst", "block", "window"):
+        raise CalibrationError(f"--method {text!r} names no calibration method; use blasst, block or window "
                                "(optionally with fixed parameters, e.g. block:block=64), prune:NAME or debias[:NAME]")
-    entry = parse_sparse_flag(text)
+    try:
+        entry = parse_sparse_flag(text)
+    except EdgeAttnError as err:
+        raise CalibrationError(str(err)) from None
     if name == "blasst":
         tunable, dense, statistic = "scale_factor", 0.0, "skip_ratio"
+    elif name == "window":
+        tunable, dense, statistic = "window", float(DENSE_WINDOW), "density"
+        _check_window_entry(text, entry)
     elif entry.get("mode", "topk") == "threshold":
         tunable, dense, statistic = "threshold", 0.0, "density"
     elif entry.get("mode", "topk") == "topk":
@@ -87,11 +96,23 @@ def parse_method(text: str) -> Method:
                                f"(mode=threshold), not mode={entry.get('mode')}")
     if name == "block" and entry.get("layout", "select") != "select":
         raise CalibrationError(f"--method {text!r}: block calibration needs the select layout")
+    for key in WINDOW_ONLY if name == "block" else ():
+        if key in entry:
+            raise CalibrationError(f"--method {text!r}: {key} belongs to the window layout (--method window); "
+                                   "block calibrates the select layout")
     for key in (tunable, "layers", "name", "keep_blocks"):
         if key in entry:
             raise CalibrationError(f"--method {text!r} fixes {key}; calibration chooses {tunable} for every "
                                    "layer: drop it from the method")
     return Method(name, text.strip(), entry, tunable, dense, statistic)
+
+
+def _check_window_entry(text: str, entry: dict[str, Any]) -> None:
+    """A window method fixes only the window layout's parameters (the select layout's belong to block)."""
+    for key in entry:
+        if key not in ("op", "layout", "window", "layers", "name", *WINDOW_PARAMETERS):
+            raise CalibrationError(f"--method {text!r}: {key} is not a parameter of the window layout; window "
+                                   "calibration takes sinks, block, heads and decode")
 
 
 def parse_goals(text: str, prune: bool = False) -> tuple[Goal, ...]:
@@ -104,12 +125,9 @@ def parse_goals(text: str, prune: bool = False) -> tuple[Goal, ...]:
         key, raw = key.strip(), raw.strip()
         if not sep or not raw:
             raise CalibrationError(f"--target {text!r}: {part!r} is not NAME=VALUE; e.g. sparsity=0.5,ppl=+2%")
-        if key in LATER:
-            raise CalibrationError(f"--target {key}=... belongs to {LATER[key]} calibration, not implemented yet; "
-                                   f"use {', '.join(GOAL_NAMES)}")
         if key == "tokens" and not prune:
             raise CalibrationError(f"--target {text!r}: tokens= is the image-token budget of prune:NAME "
-                                   f"calibration; blasst and block take {', '.join(GOAL_NAMES)}")
+                                   f"calibration; blasst, block and window take {', '.join(GOAL_NAMES)}")
         if key == "ppl" and prune:
             raise CalibrationError(f"--target {text!r}: ppl has no meaning for image-token pruning (no text "
                                    f"to score); use {', '.join(PRUNE_GOAL_NAMES)}")

@@ -2,9 +2,9 @@
 
 Calibration graph: every attention site of the folder's decoder becomes the method's op (its fixed
 parameters from --method) with the tunable read from a graph input of its own,
-`calibrate.<layer>.<tunable>`, and its statistics output (`statistics.<layer>.skip_ratio` or
-`.density`) exposed; the nodes keep their exact function bodies. One onnxruntime session serves the
-whole sweep: a candidate is a feed, never a rebuild.
+`calibrate.<layer>.<tunable>` (float32; int64 for the window), and its statistics output
+(`statistics.<layer>.skip_ratio` or `.density`) exposed; the nodes keep their exact function bodies.
+One onnxruntime session serves the whole sweep: a candidate is a feed, never a rebuild.
 
 Written graph: the same rewrite from the folder's decoder with the chosen values as attributes, lowered
 for onnxruntime as `export --sparse` lowers (`fold_values`). A BLASST length law (scale_factor = c·Lkv^p
@@ -36,8 +36,8 @@ CALIBRATION_TAG = "edgeattn.calibration"  # node metadata: the calibrated values
 def decoder_path(folder: Path, manifest: Manifest) -> Path:
     """The decoder of an exported folder, refused in one line when calibration cannot rewrite it."""
     if manifest.decoder is None or "decoder" not in manifest.components:
-        raise CalibrationError(f"{folder} is a {manifest.family} export without a decoder; blasst and block "
-                               "calibrate a decoder's attention")
+        raise CalibrationError(f"{folder} is a {manifest.family} export without a decoder; blasst, block and "
+                               "window calibrate a decoder's attention")
     if manifest.dtype != "fp32":
         raise CalibrationError(f"{folder} is a {manifest.dtype} export; calibrate reads fp32 exports "
                                "(export without --dtype, calibrate, then convert)")
@@ -76,7 +76,7 @@ def build_calibration_model(path: Path, method: Method) -> tuple[ir.Model, list[
     labels = []
     for node in nodes:
         label = site_label(node)
-        value = ir.val(f"calibrate.{label}.{method.tunable}", ir.DataType.FLOAT, ir.Shape([]))
+        value = ir.val(f"calibrate.{label}.{method.tunable}", old.dtype, ir.Shape([]))
         model.graph.inputs.append(value)
         node.replace_input_with(index, value)
         labels.append(label)
@@ -115,6 +115,7 @@ class CalibrationRunner:
         self.past = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self.outputs = ["logits", *(f"statistics.{label}.{method.statistic}" for label in self.labels)]
         self._embeds: dict[tuple[int, int], np.ndarray] = {}
+        self.feed_type = np.int64 if _tunable_kind(method) == "int" else np.float32
 
     def run(self, window: Window, values: Mapping[str, float]) -> tuple[np.ndarray, dict[str, float]]:
         g = self.manifest.decoder
@@ -127,7 +128,7 @@ class CalibrationRunner:
             "inputs_embeds": self._embeds[key], "attention_mask": np.ones((1, length), np.int64),
             "position_ids": np.arange(length, dtype=np.int64)[None],
             **{name: np.zeros((1, g.num_kv_heads, 0, g.head_size), np.float32) for name in self.past},
-            **{f"calibrate.{label}.{self.method.tunable}": np.asarray(values[label], np.float32)
+            **{f"calibrate.{label}.{self.method.tunable}": np.asarray(values[label], self.feed_type)
                for label in self.labels},
         }
         logits, *stats = self.decoder.run(self.outputs, feeds)
@@ -147,18 +148,27 @@ def fold_values(path: Path, method: Method, values: Mapping[str, float],
         if laws and label in laws:
             entry["inputs"] = {method.tunable: f"calibrate.{label}.{method.tunable}"}
         else:
-            entry[method.tunable] = float(value)
+            entry[method.tunable] = tunable_value(method, value)
         entries.append(entry)
     model = _sparsify(path, {"site": entries}, statistics=False, lowering="fast")
     for node in method_nodes(model, method):
         label = site_label(node)
-        record: dict[str, Any] = {method.tunable: float(values[label])}
+        record: dict[str, Any] = {method.tunable: tunable_value(method, values[label])}
         if laws and label in laws:
             c, p = laws[label]
             write_length_law(model, node, method, label, c, p)
             record["law"] = {"c": c, "p": p, "formula": f"{method.tunable} = c * Lkv ** p"}
         node.metadata_props[CALIBRATION_TAG] = json.dumps(record)
     return model
+
+
+def tunable_value(method: Method, value: float) -> int | float:
+    """A chosen value in its attribute's kind: an int (the window) or a float."""
+    return int(round(value)) if _tunable_kind(method) == "int" else float(value)
+
+
+def _tunable_kind(method: Method) -> str:
+    return default_registry().get(method.entry["op"]).attribute(method.tunable).kind
 
 
 def write_length_law(model: ir.Model, node: ir.Node, method: Method, label: str, c: float, p: float) -> None:
@@ -201,4 +211,4 @@ def calibrated_sites(model: ir.Model) -> list[dict[str, Any]]:
 
 
 __all__ = ["CALIBRATION_TAG", "calibrated_sites", "CalibrationRunner", "build_calibration_model", "decoder_path", "fold_values",
-           "site_label", "write_length_law"]
+           "site_label", "tunable_value", "write_length_law"]

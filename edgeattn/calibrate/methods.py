@@ -1,4 +1,5 @@
-"""The two calibrations of this slice: BLASST's scale factor and block-sparse keep (or threshold).
+"""The calibrations of decoder attention: BLASST's scale factor, and a value from a descending list of
+candidates (`calibrate_candidates`): block-sparse keep (or threshold), or the sliding window's size.
 
 Each returns a `Result`: the chosen value per site (and BLASST's length laws), the configuration
 as a function of the window length (what `Evaluator.measure` runs), the uniform (or fixed-factor)
@@ -7,6 +8,7 @@ baseline, and what the report and the plot show. See `search` for the rules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -16,12 +18,15 @@ from edgeattn.calibrate.goals import CalibrationError, Goal, Method
 from edgeattn.calibrate.metrics import Evaluator, Measurement
 from edgeattn.calibrate.search import (Config, Fit, fidelity_text, choose, constant, fit_exponential, greedy_path,
                                        length_law, water_fill)
+from edgeattn.ops.registry import default_registry
 
 # λ = scale_factor / L. A tile is skipped when exp(tile max - running max) < λ for all its rows, so
 # λ > 1 also skips tiles whose maxima exceed the running max by up to log λ: the sweep goes past 1.
 LAMBDAS = (1e-2, 5e-2, 0.15, 0.3, 0.6, 1.0, 2.0, 4.0, 8.0)
 KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 THRESHOLDS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+# window: L·2^(-i/2) (rounded) for the longest calibration length L, from L (every key) down to one block.
+WINDOW_STEP = 0.5
 # Per-layer sensitivities cost one run of the windows per layer and value: measured on every other
 # value (the uniform path uses them all).
 LAYER_STEP = 2
@@ -54,9 +59,28 @@ class Probe:
         return self.done[index]
 
 
-def calibrate_block(evaluator: Evaluator, method: Method, sites: list[str], goals: tuple[Goal, ...],
-                    per: str) -> Result:
-    candidates = THRESHOLDS if method.tunable == "threshold" else KEEPS
+def candidates_of(method: Method, lengths: Sequence[int]) -> tuple[float, ...]:
+    """The values a candidate calibration tries, dense first: KEEPS, THRESHOLDS, or the windows of
+    `window_candidates`."""
+    if method.tunable == "window":
+        default = default_registry().get(method.entry["op"]).attribute("block_size").default
+        return window_candidates(max(lengths), int(method.entry.get("block_size", default)))
+    return THRESHOLDS if method.tunable == "threshold" else KEEPS
+
+
+def window_candidates(length: int, block: int) -> tuple[int, ...]:
+    """L·2^(-i/2), rounded, from L (the window holds every key of an L-token window) down to one block."""
+    if block >= length:
+        raise CalibrationError(f"block {block} is not shorter than the calibration windows ({length} tokens): "
+                               "no smaller window to try; use a smaller block or a larger --max-tokens")
+    steps = math.ceil(math.log2(length / block) / WINDOW_STEP)
+    return tuple(sorted({max(block, round(length * 2 ** (-WINDOW_STEP * i))) for i in range(steps + 1)},
+                        reverse=True))
+
+
+def calibrate_candidates(evaluator: Evaluator, method: Method, sites: list[str], goals: tuple[Goal, ...],
+                         per: str, candidates: Sequence[float]) -> Result:
+    """Choose one of `candidates` (dense first, sparser along) per layer or for the model (see `search`)."""
     uniform = [constant({site: value for site in sites}) for value in candidates]
     uniform_probe = Probe(evaluator, uniform)
     for index in range(len(uniform)):  # the whole uniform curve: the report's baseline and plot
@@ -204,4 +228,5 @@ def _laws_for_bounds(evaluator: Evaluator, sites: list[str], lengths: Sequence[i
     return path_laws[choice.index]
 
 
-__all__ = ["KEEPS", "LAMBDAS", "THRESHOLDS", "Result", "calibrate_blasst", "calibrate_block"]
+__all__ = ["KEEPS", "LAMBDAS", "THRESHOLDS", "Result", "calibrate_blasst", "calibrate_candidates", "candidates_of",
+           "window_candidates"]

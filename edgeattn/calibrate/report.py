@@ -22,7 +22,7 @@ def write_plot(path: Path, method: str, result: Result) -> str | None:
     if method == "blasst":
         _blasst(axis, result.plot)
     else:
-        _block(axis, result.plot)
+        _candidates(axis, result.plot, method)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -53,7 +53,7 @@ def _blasst(axis: Any, plot: dict[str, Any]) -> None:
     axis.set_title("BLASST: skip ratio vs scale factor per length")
 
 
-def _block(axis: Any, plot: dict[str, Any]) -> None:
+def _candidates(axis: Any, plot: dict[str, Any], method: str) -> None:
     ppl = not any(g.name == "kl" for g in plot["goals"])
     key = (lambda m: m.ppl_increase * 100) if ppl else (lambda m: m.kl)
     uniform = [m for _, m in plot["uniform"]]
@@ -70,7 +70,7 @@ def _block(axis: Any, plot: dict[str, Any]) -> None:
             axis.axhline(goal.value * 100 if ppl else goal.value, ls=":", color="grey")
     axis.set_xlabel("sparsity (1 - density)")
     axis.set_ylabel("perplexity increase (%)" if ppl else "mean KL (nats)")
-    axis.set_title("block: fidelity vs sparsity")
+    axis.set_title(f"{method}: fidelity vs sparsity")
 
 
 def write_prune_plot(path: Path, record: dict[str, Any]) -> str | None:

@@ -1,5 +1,5 @@
 """`edgeattn calibrate DIR --method METHOD --target GOAL --out DIR2`: choose sparse-attention values (blasst,
-block, on text) or a visual-token pruning budget (prune:NAME, on images) from data, or fit the positional
+block, window, on text) or a visual-token pruning budget (prune:NAME, on images) from data, or fit the positional
 debias weights of a pruning method's attention score (debias[:NAME], on images, no --target)."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from edgeattn.cli.common import emit_json, json_option
 @click.command("calibrate")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--method", required=True, metavar="METHOD[:k=v,...]",
-              help="blasst (scale factor) or block (keep, or threshold with mode=threshold), with fixed "
-                   "parameters as in --sparse, e.g. block:block=64; or prune:NAME[,param=value...] (the "
-                   "image-token budget k of a --prune method, e.g. prune:fastervlm); or debias[:NAME][,param=...] "
+              help="blasst (scale factor), block (keep, or threshold with mode=threshold) or window (the "
+                   "window size), with fixed parameters as in --sparse, e.g. block:block=64, window:sinks=4; or "
+                   "prune:NAME[,param=value...] (the image-token budget k of a --prune method, e.g. "
+                   "prune:fastervlm); or debias[:NAME][,param=...] "
                    "(the debias=FILE weights of NAME's attention score, default fastervlm).")
 @click.option("--target", default="", metavar="GOAL[,GOAL...]",
               help="Goals, all must hold: sparsity=0.5 (reach), ppl=+2% (bound), kl=0.02 (bound); prune:NAME "
@@ -34,12 +35,12 @@ from edgeattn.cli.common import emit_json, json_option
 @click.option("--per", type=click.Choice(["layer", "model"]),
               help="One value per layer (allocated from measured sensitivities; the default) or one for the "
                    "model (prune:NAME: model, its one pruning site).")
-@click.option("--samples", type=int, help="Windows per length; default 2 for blasst, 4 for block (a perplexity "
-                                         "bound needs more text than a sparsity goal); prune: images, default 4; "
-                                         "debias: images, default 64.")
+@click.option("--samples", type=int, help="Windows per length; default 2 for blasst, 4 for block and window (a "
+                                         "perplexity bound needs more text than a sparsity goal); prune: images, "
+                                         "default 4; debias: images, default 64.")
 @click.option("--max-tokens", type=int,
               help="Longest window (blasst also measures a half and a quarter of it); default 1024 for blasst, "
-                   "512 for block, within the model's positions.")
+                   "512 for block and window, within the model's positions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the window offsets.")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads.")
 @click.option("--force", is_flag=True, help="Replace OUT if it is a folder edgeattn wrote.")

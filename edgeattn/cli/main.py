@@ -32,7 +32,7 @@ HELP = {
     "rewrite": "Rewrite the attention sites of an ONNX file into edgeattn ops.",
     "ops": "List the registered edgeattn ops and their attributes.",
     "compile": "Build TensorRT engines from an exported folder or an ONNX file.",
-    "calibrate": "Choose sparse-attention values (blasst, block) from data for a goal.",
+    "calibrate": "Choose sparse-attention values and pruning budgets from data for a goal.",
     "profile": "Measure latency percentiles and where the time goes; compare targets A/B.",
     "show": "Draw which visual tokens a pruned folder keeps, or a sparse layer's block layout.",
 }

@@ -32,7 +32,7 @@ from edgeattn.ops.skip_softmax_attention.function import (
 )
 from edgeattn.ops.spec import DOMAIN, CallFacts, Target
 
-_MASK, _BLOCK_MASK, _KEEP, _THRESHOLD = 3, 4, 5, 6
+_MASK, _BLOCK_MASK, _KEEP, _THRESHOLD, _WINDOW = 3, 4, 5, 6, 7
 
 
 def _present(call: CallFacts, index: int) -> bool:
@@ -51,7 +51,7 @@ def function_key(call: CallFacts, target: Target) -> str:
     if attrs["layout"] == "mask" and not _present(call, _BLOCK_MASK):
         raise ValueError("layout 'mask' needs the block_mask input")
     values = "_".join(f"{a.name}={attrs[a.name]}" for a in ATTRIBUTES)
-    inputs = "".join(str(i) for i in range(_MASK, _THRESHOLD + 1) if _present(call, i))
+    inputs = "".join(str(i) for i in range(_MASK, _WINDOW + 1) if _present(call, i))
     digest = hashlib.sha1(values.encode()).hexdigest()[:10]
     stats = "_stats" if call.outputs > 1 else ""
     return f"{attrs['layout']}_r{call.inputs[0].rank}_m{_mask_kind(call)}_i{inputs}_{digest}{stats}"
@@ -64,14 +64,16 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
         raise ValueError(f"Q has rank {rank}; BlockSparseAttention takes 3-D or 4-D inputs")
     b = Nodes(call.opset, "bsa")
     query, key, value = b.input("Q"), b.input("K"), b.input("V")
-    last = max([i for i in range(_MASK, _THRESHOLD + 1) if _present(call, i)], default=_MASK - 1)
-    extra = {i: b.input(name) for i, name in zip(range(_MASK, last + 1), ("mask", "block_mask", "keep", "threshold"))}
+    last = max([i for i in range(_MASK, _WINDOW + 1) if _present(call, i)], default=_MASK - 1)
+    extra = {i: b.input(name) for i, name in zip(range(_MASK, last + 1),
+                                                  ("mask", "block_mask", "keep", "threshold", "window"))}
     mask = extra.get(_MASK) if _present(call, _MASK) else None
     if rank == 3:
         heads, kv_heads = int(attrs["q_num_heads"]), int(attrs["kv_num_heads"] or attrs["q_num_heads"])
         query, key, value = split_heads(b, query, heads), split_heads(b, key, kv_heads), split_heads(b, value, kv_heads)
     inputs = {name: extra[i] if _present(call, i) else None
-              for i, name in ((_BLOCK_MASK, "block_mask"), (_KEEP, "keep"), (_THRESHOLD, "threshold"))}
+              for i, name in ((_BLOCK_MASK, "block_mask"), (_KEEP, "keep"), (_THRESHOLD, "threshold"),
+                              (_WINDOW, "window"))}
     out, density = block_sparse_nodes(b, query, key, value, mask, _mask_kind(call), attrs, **inputs,
                                       with_density=call.outputs > 1)
     if rank == 3:
@@ -85,12 +87,13 @@ def build_function(call: CallFacts, target: Target, overload: str) -> ir.Functio
 
 def layout_visible(b: Nodes, query: ir.Value, key: ir.Value, attrs: dict, geo: BlockGeometry,
                    block_mask: ir.Value | None, keep: ir.Value | None, threshold: ir.Value | None,
-                   ) -> tuple[ir.Value, ir.Value | None, ir.Value | None]:
-    """(visible keys [.., Hkv or 1, 1, Lq, Lkv] bool, chosen blocks or None, per-head probabilities or None)."""
+                   window_input: ir.Value | None = None) -> tuple[ir.Value, ir.Value | None, ir.Value | None]:
+    """(visible keys [.., Hkv or 1, 1, Lq, Lkv] bool, chosen blocks or None, per-head probabilities or None).
+    The window layout reads its window from `window_input` (an int64 scalar) when given, else the attribute."""
     if attrs["layout"] == "window":
         positions = b.op("Unsqueeze", b.op("Add", b.arange(geo.q_len), geo.offset), b.i64(1))
         keys = b.arange(geo.kv_len)
-        window = b.scalar(int(attrs["window"]))
+        window = window_input if window_input is not None else b.scalar(int(attrs["window"]))
         if geo.causal:
             near = b.op("Greater", keys, b.op("Sub", positions, window))
         else:
@@ -123,11 +126,11 @@ def dense_heads(b: Nodes, attrs: dict, key: ir.Value) -> ir.Value | None:
 
 def block_sparse_nodes(b: Nodes, query: ir.Value, key: ir.Value, value: ir.Value, mask: ir.Value | None,
                        mask_kind: str, attrs: dict, block_mask: ir.Value | None = None, keep: ir.Value | None = None,
-                       threshold: ir.Value | None = None, with_density: bool = True,
+                       threshold: ir.Value | None = None, with_density: bool = True, window: ir.Value | None = None,
                        ) -> tuple[ir.Value, ir.Value | None]:
     """4-D block-sparse attention computing every score: (Y, density or None)."""
     geo = geometry(b, query, key, int(attrs["block_size"]), int(attrs["causal"]))
-    visible, chosen, probs = layout_visible(b, query, key, attrs, geo, block_mask, keep, threshold)
+    visible, chosen, probs = layout_visible(b, query, key, attrs, geo, block_mask, keep, threshold, window)
     scores = grouped_scores(b, query, key, attention_scale(b, float(attrs["scale"]), query))
     valid, _ = causal_valid(b, geo.causal, geo.q_len, geo.kv_len)
     scores = masked_scores(b, scores, mask, mask_kind, valid)  # [B, Hq, Lq, Lkv]
@@ -169,7 +172,7 @@ def _rectify(b: Nodes, out: ir.Value, query: ir.Value, key: ir.Value, value: ir.
 
 
 def to_trt_form(node: ir.Node) -> None:
-    """The TensorRT form takes the node as it is (keep or threshold read from an input is refused before
+    """The TensorRT form takes the node as it is (keep, threshold or window read from an input is refused before
     this is called) with a boolean mask made additive, as the kernels read it; Q's element type must be known."""
     query = node.inputs[0] if node.inputs else None
     if query is None or query.dtype is None:

@@ -40,6 +40,8 @@ INPUTS = (
            tunable_for="keep"),
     IOSpec("threshold", "threshold as a float scalar", optional=True, types=("tensor(float)",),
            tunable_for="threshold"),
+    IOSpec("window", "window layout: the window as an int64 scalar", optional=True, types=("tensor(int64)",),
+           tunable_for="window"),
 )
 
 OUTPUTS = (
@@ -53,7 +55,8 @@ ATTRIBUTES = (
     AttrSpec("layout", "string", "select", "select: blocks chosen from pooled scores; mask: the block_mask "
              "input; window: sliding window and sinks", choices=("select", "mask", "window")),
     *SELECTION_ATTRIBUTES,
-    AttrSpec("window", "int", 256, "window layout: keys p - window < j <= p (without causal |p - j| < window)"),
+    AttrSpec("window", "int", 256, "window layout: keys p - window < j <= p (without causal |p - j| < window)",
+             tunable=True),
     AttrSpec("sinks", "int", 4, "window layout: the first keys every query sees"),
     AttrSpec("heads", "ints", (), "key/value heads the layout applies to (empty: all); the query heads of the "
              "other key/value heads attend densely"),

@@ -28,7 +28,8 @@ def _choose(view: NodeView) -> KernelChoice | str:
     layout = attrs.get("layout", "select")
     if layout not in ("select", "window"):
         return f"layout {layout!r} (the plugin computes the select and window layouts)"
-    for position, name in ((4, "a block_mask input"), (5, "a keep input"), (6, "a threshold input")):
+    for position, name in ((4, "a block_mask input"), (5, "a keep input"), (6, "a threshold input"),
+                           (7, "a window input")):
         if view.input(position) is not None:
             return f"{name} (the plugin takes Q, K, V and a key mask)"
     if view.outputs > 1:
