@@ -24,14 +24,10 @@ BOUND = 0.003
 PROMPT = "Describe the image."
 
 
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    """demo:tiny-llava exported once for this module (the Python exporter API, as conftest's `exported`)."""
-    from edgeattn.exporter.api import ExportOptions, export_model
-
-    folder = tmp_path_factory.mktemp("calibrate_prune") / "llava"
-    export_model("demo:tiny-llava", folder, ExportOptions())
-    return folder
+@pytest.fixture
+def llava(exported):
+    """demo:tiny-llava, exported once for the session (conftest's `exported`); calibration only reads it."""
+    return exported("demo:tiny-llava")
 
 
 @pytest.fixture(scope="module")
