@@ -15,14 +15,20 @@ graph (its own TokenScore/TokenSelect nodes and bodies, exactly as saved) runs o
 first test canvases every full pruned graph is run too and its outputs compared with the split ones
 (`deployed_check` in the JSON: equal indices, tokens equal to 1e-5).
 
-Reader. A small transformer (2 pre-norm layers, width 64, 4 heads) in the layout of a VLM's language
-model: the image tokens (DINOv2's 384-d output patch tokens through a fixed PCA to 64 dimensions fitted
-on the training tokens, a LayerNorm and a linear projector, plus a learned embedding of each token's
-patch position), then one question token (a learned embedding per cell). Image tokens attend to image tokens; the question token attends to the image tokens and
-itself, and its output is classified into 10 digits. It is trained once on all 256 tokens and evaluated
-with the tokens each pruned graph keeps, at their original positions, as a VLM trained without pruning
-is deployed with it. (Several question tokens in one sequence see nothing of each other, so a canvas
-answers all its questions in one pass, exactly as if asked one at a time.)
+Reader. A small transformer (2 pre-norm layers, width 64, 4 heads): the image tokens (DINOv2's 384-d
+output patch tokens through a fixed PCA to 64 dimensions fitted on the training tokens, a LayerNorm and a
+linear projector, plus a learned embedding of each token's patch position), then one question token (a
+learned embedding per cell) whose output is classified into 10 digits. The question token reads the image
+tokens and itself. --reader chooses how the image tokens are read, the two layouts of VLMs:
+`cross` (default; the layout of cross-attention VLMs such as Flamingo and Llama 3.2-Vision: image tokens do
+not read each other, each is updated from itself only) and `self` (the layout of LLaVA-style VLMs, image
+tokens in the language model's sequence: they read each other). It is trained once on all 256 tokens
+and evaluated with the tokens each pruned graph keeps, at their original positions, as a VLM trained
+without pruning is deployed with it. In the self layout pruning also changes what every kept token
+carries (it read the dropped ones in training), so the score mixes which tokens a method keeps with how
+the reader copes with a context it never saw; the cross layout scores the kept tokens alone. The README
+shows both. (Several question tokens in one sequence see nothing of each other, so a canvas answers all
+its questions in one pass, exactly as if asked one at a time.)
 
 Methods, at k = 256/4, 256/9, 256/16 tokens (64, 28, 16): fastervlm, mean-received, holov, flashvlm,
 zeroth-order (M = DINOv2's final LayerNorm, x its input), random (seeded by --seed), uniform, and
@@ -50,15 +56,15 @@ and a table at 1/9): within a bin, methods differ by which tokens they keep; acr
 unevenly they spread the budget over the cells (random's rows show what the reader makes of a count).
 
 Time on the 2-core machine of the README (2026-12-07, `seconds` in the JSON): export and 24 pruned graphs
-1 min, 1600 training canvases through the encoder 3-5 min, the reader 8 epochs 2 min, 200 test canvases
-4 min: 8-15 min a run;
-the training canvases' tokens and the reader are cached under --cache (keyed by model, grid and seed:
+1 min, 1600 training canvases through the encoder 3-5 min, the reader 8 epochs 1.5-3 min, 400 test
+canvases 4-10 min: 12-20 min a run;
+the training canvases' tokens and the readers are cached under --cache (keyed by model, grid and seed:
 they do not depend on the layer, so a run with another --layer reuses them), the training canvases'
 [CLS] scores (the debias fit) by the layer tapped too: a new layer passes the training canvases through
 the encoder once more for them.
 
-    python -m benchmarks.pruning_reader [--grid 2|3] [--seed 0] [--train 1600] [--test 200] [--layer -2]
-                                        [--output FILE]
+    python -m benchmarks.pruning_reader [--grid 2|3] [--seed 0] [--train 1600] [--test 400] [--layer -2]
+                                        [--reader cross|self] [--output FILE]
 """
 
 from __future__ import annotations
@@ -88,9 +94,11 @@ BATCH = 16
 TAIL_BATCH = 2  # canvases per run of a pruning part: zeroth-order perturbs every token 128 times ([2, 256, 128, 384])
 DEFAULT_LAYER = -2
 """The [CLS]-attention layer the methods read by default here: the penultimate, where FasterVLM reads LLaVA's
-encoder (LLaVA feeds that layer's tokens to its language model). On the README's setting (grid 2, seed 0) it
-raised every attention-guided method over the last layer (fastervlm +0.05, holov +0.05, mean-received +0.19
+encoder (LLaVA feeds that layer's tokens to its language model). On the README's setting (grid 2, seed 0, self
+reader) it raised every attention-guided method over the last layer (fastervlm +0.05, holov +0.05, mean-received +0.19
 at k = 1/9); layer 8 did no better (benchmarks/results/pruning_reader_layer*.json)."""
+LAYOUTS = ("cross", "self")
+DEFAULT_LAYOUT = "cross"
 IN_CELL_BINS = ((0, 0), (1, 3), (4, 6), (7, 10), (11, None))  # kept tokens inside the asked cell (inclusive)
 
 
@@ -389,9 +397,10 @@ READER = {"pca": 64, "width": 64, "layers": 2, "heads": 4, "mlp": 128, "epochs":
           "weight_decay": 0.01}
 
 
-def make_reader(questions: int, positions: int, seed: int, basis: np.ndarray, center: np.ndarray) -> Any:
-    """The reader of `positions` patch tokens; `basis` [width, pca] and `center` [width] are its fixed first
-    projection (a PCA of the training tokens), so that training on 2 cores takes minutes."""
+def make_reader(questions: int, positions: int, seed: int, basis: np.ndarray, center: np.ndarray,
+                layout: str = DEFAULT_LAYOUT) -> Any:
+    """The reader of `positions` patch tokens in `layout` (LAYOUTS); `basis` [width, pca] and `center` [width]
+    are its fixed first projection (a PCA of the training tokens), so that training on 2 cores takes minutes."""
     import torch
     from torch import nn
 
@@ -419,7 +428,11 @@ def make_reader(questions: int, positions: int, seed: int, basis: np.ndarray, ce
             n, q = reduced.shape[1], asked.shape[1]
             x = torch.cat([self.project(reduced) + self.position[positions], self.question(asked)], 1)
             mask = torch.full((n + q, n + q), float("-inf"))
-            mask[:, :n] = 0.0  # everyone reads the image tokens
+            mask[n:, :n] = 0.0  # a question token reads the image tokens
+            if layout == "self":
+                mask[:n, :n] = 0.0  # image tokens read each other
+            else:
+                mask[:n, :n].fill_diagonal_(0.0)  # an image token reads itself only
             mask[n:, n:].fill_diagonal_(0.0)  # a question token reads itself, not the other questions
             return self.head(self.layers(x, mask=mask)[:, n:])
 
@@ -435,11 +448,13 @@ def fit_pca(tokens: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return vt[:size].T.copy(), center
 
 
-def train_reader(tokens: np.ndarray, answers: np.ndarray, grid: int, seed: int) -> tuple[Any, dict[str, Any]]:
+def train_reader(tokens: np.ndarray, answers: np.ndarray, grid: int, seed: int,
+                 layout: str = DEFAULT_LAYOUT) -> tuple[Any, dict[str, Any]]:
     """Train on all tokens of the training canvases (every question of a canvas at once)."""
     import torch
 
-    reader = make_reader(grid * grid, tokens.shape[1], seed, *fit_pca(tokens, min(READER["pca"], tokens.shape[-1])))
+    reader = make_reader(grid * grid, tokens.shape[1], seed, *fit_pca(tokens, min(READER["pca"], tokens.shape[-1])),
+                         layout)
     with torch.no_grad():
         reduced = torch.cat([reader.reduce(torch.from_numpy(tokens[i : i + 256].astype(np.float32)))
                              for i in range(0, len(tokens), 256)])
@@ -464,7 +479,7 @@ def train_reader(tokens: np.ndarray, answers: np.ndarray, grid: int, seed: int) 
         losses.append(round(total / len(tokens), 4))
         print(f"  reader epoch {epoch + 1}: loss {losses[-1]:.4f}", flush=True)
     reader.eval()
-    return reader, {**READER, "train_loss": losses, "seconds": round(time.perf_counter() - start, 1)}
+    return reader, {**READER, "layout": layout, "train_loss": losses, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def predict(reader: Any, tokens: np.ndarray, positions: np.ndarray, asked: np.ndarray) -> np.ndarray:
@@ -592,21 +607,21 @@ def build_debiased(graphs: Graphs, scores: np.ndarray, seed: int, layer: int | N
 
 
 def reader_for(data: dict[str, np.ndarray], train: dict[str, np.ndarray], grid: int, seed: int,
-               folder: Path) -> tuple[Any, dict[str, Any]]:
+               folder: Path, layout: str) -> tuple[Any, dict[str, Any]]:
     import torch
 
     answers = data["labels"][data["train"]]
-    key = json.dumps({**READER, "n": len(answers)}, sort_keys=True)  # the folder names the model, grid and seed
-    path = folder / "reader.pt"
+    key = json.dumps({**READER, "n": len(answers), "layout": layout}, sort_keys=True)  # the folder: model, grid, seed
+    path = folder / f"reader_{layout}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=False)
         if saved["key"] == key:
             basis = saved["state"]["basis"].numpy()
-            reader = make_reader(grid * grid, train["tokens"].shape[1], seed, basis, np.zeros(len(basis)))
+            reader = make_reader(grid * grid, train["tokens"].shape[1], seed, basis, np.zeros(len(basis)), layout)
             reader.load_state_dict(saved["state"])
             reader.eval()
             return reader, saved["record"]
-    reader, record = train_reader(train["tokens"], answers, grid, seed)
+    reader, record = train_reader(train["tokens"], answers, grid, seed, layout)
     torch.save({"key": key, "state": reader.state_dict(), "record": record}, path)
     return reader, record
 
@@ -622,7 +637,8 @@ def export_encoder(model: str, cache: Path) -> Path:
 
 
 def collect(grid: int, seed: int, train_count: int, test_count: int, cache: Path, threads: int,
-            methods: tuple[str, ...] = METHODS, model: str = MODEL, layer: int | None = DEFAULT_LAYER) -> dict[str, Any]:
+            methods: tuple[str, ...] = METHODS, model: str = MODEL, layer: int | None = DEFAULT_LAYER,
+            layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
     """Graphs, training features, the reader, and every pruned graph's outputs on the test canvases;
     `layer`: the attention layer of the methods that read one (None: their default, the last)."""
     timings: dict[str, float] = {}
@@ -639,7 +655,7 @@ def collect(grid: int, seed: int, train_count: int, test_count: int, cache: Path
     weights = build_debiased(graphs, train["cls_scores"], seed, layer) if "fastervlm+debias" in methods else None
     guide = guidance(train["tokens"], grid)
     clock = time.perf_counter()
-    reader, record = reader_for(data, train, grid, seed, graphs.folder)
+    reader, record = reader_for(data, train, grid, seed, graphs.folder, layout)
     timings["train_reader"] = time.perf_counter() - clock
     clock = time.perf_counter()
     dense, kept, check = encode_test(graphs, data["images"], data["test"], grid, guide)
@@ -647,7 +663,7 @@ def collect(grid: int, seed: int, train_count: int, test_count: int, cache: Path
     config = {"model": model, "grid": grid, "seed": seed, "train_canvases": train_count, "test_canvases": test_count,
               "questions_per_canvas": grid * grid, "tokens": graphs.geo.tokens,
               "budgets": {f: graphs.geo.budget(f) for f in FRACTIONS}, "test_share_of_digits": TEST_SHARE,
-              "debias_weights_every_32nd": weights, "layer": layer,
+              "debias_weights_every_32nd": weights, "layer": layer, "reader_layout": layout,
               "attention_layer": {method: graphs.layers[method, "1/9"] for method in methods},
               "layer_not_applied": {method: "reads no attention" for method in methods if not takes_layer(method)}}
     return {"config": config, "graphs": graphs, "data": data, "guide": guide, "reader": reader, "record": record,
@@ -664,9 +680,10 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(grid: int, seed: int, train_count: int, test_count: int, cache: Path, threads: int,
-        methods: tuple[str, ...] = METHODS, model: str = MODEL, layer: int | None = DEFAULT_LAYER) -> dict[str, Any]:
+        methods: tuple[str, ...] = METHODS, model: str = MODEL, layer: int | None = DEFAULT_LAYER,
+        layout: str = DEFAULT_LAYOUT) -> dict[str, Any]:
     """The whole benchmark: graphs, training features, the reader, the pruned test features, the scores."""
-    return summarise(collect(grid, seed, train_count, test_count, cache, threads, methods, model, layer))
+    return summarise(collect(grid, seed, train_count, test_count, cache, threads, methods, model, layer, layout))
 
 
 def score_all(reader: Any, data: dict[str, np.ndarray], dense: np.ndarray,
@@ -701,7 +718,7 @@ def markdown(result: dict[str, Any], info: dict[str, Any], methods: tuple[str, .
     indices = ", ".join(str(layer) for layer in sorted(set(tapped.values())))
     chosen = "the methods' default" if cfg["layer"] is None else f"--layer {cfg['layer']}"
     lines = [
-        f"Reader accuracy, {cfg['grid']}x{cfg['grid']} digit canvases (seed {cfg['seed']}, {cfg['test_canvases']} test "
+        f"Reader accuracy ({cfg.get('reader_layout', 'self')} layout), {cfg['grid']}x{cfg['grid']} digit canvases (seed {cfg['seed']}, {cfg['test_canvases']} test "
         f"canvases x {cfg['questions_per_canvas']} questions; ± standard error over canvases); in brackets the share "
         f"of kept tokens inside the asked cell. Attention layer {indices} ({chosen}) for {', '.join(tapped)}; "
         f"{', '.join(cfg['layer_not_applied'])} read no attention. {info['date']}, {info['cpu']}, "
@@ -742,10 +759,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=int, choices=(2, 3), default=2, help="cells per side (each a different digit)")
     parser.add_argument("--seed", type=int, default=0, help="digit split, canvases, reader and the random baseline")
     parser.add_argument("--train", type=int, default=1600, help="training canvases")
-    parser.add_argument("--test", type=int, default=200, help="test canvases")
+    parser.add_argument("--test", type=int, default=400, help="test canvases")
     parser.add_argument("--layer", type=int, default=DEFAULT_LAYER, help="attention layer of the methods that read "
                         f"one (negative: from the last; default {DEFAULT_LAYER}, the penultimate, as FasterVLM reads "
                         "LLaVA's encoder)")
+    parser.add_argument("--reader", choices=LAYOUTS, default=DEFAULT_LAYOUT, help="the reader's layout: cross "
+                        "(the question reads the image tokens, which do not read each other) or self (image tokens "
+                        f"read each other too); default {DEFAULT_LAYOUT}")
     parser.add_argument("--output", type=Path, help="JSON file, the markdown beside it "
                         "(default: benchmarks/results/pruning_reader*.json)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/edgeattn-bench-cache/pruning_reader"))
@@ -755,10 +775,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     info = machine()
-    result = run(args.grid, args.seed, args.train, args.test, args.cache, args.threads, layer=args.layer)
+    result = run(args.grid, args.seed, args.train, args.test, args.cache, args.threads, layer=args.layer,
+                 layout=args.reader)
     payload = {"machine": info, **result}
     default = "pruning_reader" if (args.grid, args.seed) == (2, 0) else f"pruning_reader_grid{args.grid}_seed{args.seed}"
     default += "" if args.layer == DEFAULT_LAYER else f"_layer{args.layer}"
+    default += "" if args.reader == DEFAULT_LAYOUT else f"_{args.reader}"
     output = args.output or RESULTS / f"{default}.json"
     write_json_at(output, payload)
     text = markdown(result, info, METHODS)

@@ -54,6 +54,28 @@ def test_accuracy_and_paired_standard_errors_are_per_canvas():
     assert pr.paired(correct, base)["difference"] == 0.25
 
 
+@pytest.mark.parametrize("layout", pr.LAYOUTS)
+def test_reader_layouts_decide_whether_image_tokens_read_each_other(layout):
+    """cross: an image token's state depends on itself only, so dropping others leaves the kept ones as in
+    training; self: every image token reads the others. The question reads the image tokens in both."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((12, 6)).astype(np.float32)
+    reader = pr.make_reader(4, 5, 0, basis, np.zeros(12, np.float32), layout).eval()
+    states = []
+    reader.layers.register_forward_hook(lambda module, args, out: states.append(out.detach()))
+    tokens = torch.from_numpy(rng.standard_normal((1, 5, 6)).astype(np.float32))
+    changed = tokens.clone()
+    changed[0, 4] = torch.from_numpy(rng.standard_normal(6).astype(np.float32))  # a different token 4
+    positions, asked = torch.arange(5)[None], torch.tensor([[2]])
+    with torch.no_grad():
+        logits = [reader(t, positions, asked) for t in (tokens, changed)]
+    others = (states[1][0, :4] - states[0][0, :4]).abs().max().item()  # image tokens 0-3
+    assert (others == 0.0) if layout == "cross" else (others > 1e-3)
+    assert (logits[1] - logits[0]).abs().max().item() > 1e-4  # the question still reads token 4
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Every method and budget on 4 test canvases (8 training canvases, a reader trained on them)."""
