@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeattn.calibrate.goals import RECORD_FORMAT, CalibrationError
-from edgeattn.calibrate.images import ImageSet, is_image_source, read_images
+from edgeattn.calibrate.images import ImageSet, check_image_options, read_images
 from edgeattn.errors import EdgeAttnError, PruningError
 from edgeattn.manifest import Manifest
 
@@ -252,16 +252,9 @@ def _check_options(options: Any) -> None:
                                "drop --target")
     if options.per not in (None, "model"):
         raise CalibrationError(f"--per {options.per}: debias fits one weight per position, for the model")
-    if options.max_tokens is not None:
-        raise CalibrationError("--max-tokens sets text windows; debias calibrates on images (--samples bounds them)")
     if options.prompts is not None:
         raise CalibrationError("--prompts: debias scores images without a prompt; drop it")
-    if options.samples is not None and not 1 <= options.samples <= 1024:
-        raise CalibrationError(f"--samples must be from 1 to 1024 (got {options.samples})")
-    for name, source in (("--data", options.data), ("--eval", options.eval)):
-        if source is not None and not is_image_source(source):
-            raise CalibrationError(f"{name} {source!r}: debias calibrates on images; use images:DIR or "
-                                   "builtin:images")
+    check_image_options(options, "debias")
 
 
 def _check_folder(folder: Path, manifest: Manifest) -> None:

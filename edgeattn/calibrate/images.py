@@ -82,6 +82,19 @@ def is_image_source(source: str) -> bool:
     return source == "builtin:images" or source.startswith("images:")
 
 
+def check_image_options(options: Any, method: str) -> None:
+    """The options every image calibration (prune:NAME, debias) checks alike: no text windows, a bounded
+    --samples, image sources for --data and --eval."""
+    if options.max_tokens is not None:
+        raise CalibrationError(f"--max-tokens sets text windows; {method} calibrates on images (--samples bounds them)")
+    if options.samples is not None and not 1 <= options.samples <= 1024:
+        raise CalibrationError(f"--samples must be from 1 to 1024 (got {options.samples})")
+    for name, source in (("--data", options.data), ("--eval", options.eval)):
+        if source is not None and not is_image_source(source):
+            raise CalibrationError(f"{name} {source!r}: {method} calibrates on images; use images:DIR or "
+                                   "builtin:images")
+
+
 def read_images(source: str, limit: int) -> ImageSet:
     """The images a SOURCE names (see the module docstring), at most `limit` of them."""
     kind, sep, rest = source.partition(":")

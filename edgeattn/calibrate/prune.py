@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edgeattn.calibrate.goals import RECORD_FORMAT, CalibrationError, Goal, parse_goals
-from edgeattn.calibrate.images import ImageSet, is_image_source, read_images, read_prompts
+from edgeattn.calibrate.images import ImageSet, check_image_options, read_images, read_prompts
 from edgeattn.errors import EdgeAttnError, PruningError
 from edgeattn.manifest import Manifest
 
@@ -320,15 +320,7 @@ def calibrate_prune(folder: Path, out: Path, options: Any, progress: Any = None)
 def _check_options(options: Any) -> None:
     if options.per not in (None, "model"):
         raise CalibrationError(f"--per {options.per}: prune:NAME has one pruning site; it calibrates per model")
-    if options.max_tokens is not None:
-        raise CalibrationError("--max-tokens sets text windows; prune:NAME calibrates on images (--samples "
-                               "bounds them)")
-    if options.samples is not None and not 1 <= options.samples <= 1024:
-        raise CalibrationError(f"--samples must be from 1 to 1024 (got {options.samples})")
-    for name, source in (("--data", options.data), ("--eval", options.eval)):
-        if source is not None and not is_image_source(source):
-            raise CalibrationError(f"{name} {source!r}: prune:NAME calibrates on images; use images:DIR or "
-                                   "builtin:images")
+    check_image_options(options, "prune:NAME")
 
 
 def _check_folder(folder: Path, manifest: Manifest) -> None:
