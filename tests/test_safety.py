@@ -115,9 +115,18 @@ def test_partial_folders_of_dead_runs_are_removed(tmp_path: Path) -> None:
     assert not stale.exists() and mine.exists() and other.exists() and (tmp_path / "out").is_dir()
 
 
+def _default_signals() -> None:
+    """In the child before exec: Ctrl-C and SIGTERM as a terminal gives them. A launcher that ignores them (a
+    background job of a non-interactive shell, nohup) passes that on, and edgeattn keeps a signal that was set
+    to be ignored ignored by design, which these tests are not about."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "edgeattn.cli.main", "export", "demo:tiny-llama", "--out", "x"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_signals)
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -139,6 +148,7 @@ def test_a_signal_inside_generated_code_still_exits_1(tmp_path: Path, signum: in
         "with handle_errors():\n"
         f"    exec('os.kill(os.getpid(), {int(signum)})\\nwhile True: pass')\n")
     done = subprocess.run([sys.executable, "-m", "interrupted_run"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                          preexec_fn=_default_signals)
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert done.stderr.strip() == "error: interrupted; nothing was written (partial outputs were removed)"
