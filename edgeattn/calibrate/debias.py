@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeattn.calibrate.goals import RECORD_FORMAT, CalibrationError
-from edgeattn.calibrate.images import ImageSet, check_image_options, read_images
+from edgeattn.calibrate.images import ImageSet, check_image_options, read_image_data
 from edgeattn.errors import EdgeAttnError, PruningError
 from edgeattn.manifest import Manifest
 
@@ -202,10 +202,7 @@ def calibrate_debias(folder: Path, out: Path, options: Any, progress: Any = None
     check_output_folder(out, options.force, [folder])
     manifest = read_manifest(folder)
     _check_folder(folder, manifest)
-    limit = options.samples or DEFAULT_IMAGES
-    data = options.data or "builtin:images"
-    images = read_images(data, limit)
-    eval_images = read_images(options.eval, limit) if options.eval is not None else None
+    images, eval_images = read_image_data(options, DEFAULT_IMAGES)
     bar = progress or (lambda description: nullcontext(lambda: None))
     scorer = Scorer(folder, manifest, method, options.threads)
     assert manifest.vision is not None

@@ -95,6 +95,14 @@ def check_image_options(options: Any, method: str) -> None:
                                    "builtin:images")
 
 
+def read_image_data(options: Any, default_samples: int) -> tuple[ImageSet, ImageSet | None]:
+    """The calibration images (--data, default builtin:images) and the evaluation ones (--eval, or None), each
+    at most --samples (default `default_samples`)."""
+    limit = options.samples or default_samples
+    images = read_images(options.data or "builtin:images", limit)
+    return images, (read_images(options.eval, limit) if options.eval is not None else None)
+
+
 def read_images(source: str, limit: int) -> ImageSet:
     """The images a SOURCE names (see the module docstring), at most `limit` of them."""
     kind, sep, rest = source.partition(":")
@@ -163,4 +171,4 @@ def read_prompts(path: str | Path | None) -> tuple[list[str], str]:
 
 
 __all__ = ["BUILTIN_PHOTOS", "BUILTIN_VIEWS", "DEFAULT_PROMPTS", "IMAGE_SOURCES", "ImageSet", "Picture",
-           "builtin_images", "is_image_source", "read_images", "read_prompts"]
+           "builtin_images", "check_image_options", "is_image_source", "read_image_data", "read_images", "read_prompts"]

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edgeattn.calibrate.goals import RECORD_FORMAT, CalibrationError, Goal, parse_goals
-from edgeattn.calibrate.images import ImageSet, check_image_options, read_images, read_prompts
+from edgeattn.calibrate.images import ImageSet, check_image_options, read_image_data, read_prompts
 from edgeattn.errors import EdgeAttnError, PruningError
 from edgeattn.manifest import Manifest
 
@@ -277,11 +277,8 @@ def calibrate_prune(folder: Path, out: Path, options: Any, progress: Any = None)
     check_output_folder(out, options.force, [folder])
     manifest = read_manifest(folder)
     _check_folder(folder, manifest)
-    limit = options.samples or DEFAULT_IMAGES
-    data = options.data or "builtin:images"
-    images = read_images(data, limit)
+    images, eval_images = read_image_data(options, DEFAULT_IMAGES)
     prompts, prompts_sha = read_prompts(options.prompts)
-    eval_images = read_images(options.eval, limit) if options.eval is not None else None
     bar = progress or (lambda description: nullcontext(lambda: None))
     runner = PruneRunner(folder, manifest, method, options.threads)
     samples = _samples(runner, images, prompts)
